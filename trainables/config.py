@@ -1,0 +1,220 @@
+"""One dataclass holding a trial's whole configuration (METHOD §6–§7, §2, §11).
+
+Every field has the paper's default (Appendix A.5) unless the comment says *(resolved)*.
+`TrialConfig.to_flat_dict()` is what lands, prefixed with ``config/``, in every row of
+``results.parquet``; `TrialConfig.from_dict()` accepts that dict back (unknown keys are an
+error naming the key, wrong types are coerced or rejected with the field name).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+NOISE_MODELS = ("none", "symmetric", "asymmetric", "balanced", "single_positive",
+                "class_conditional", "combined")
+DIFFICULTY_FORMS = ("durations", "events")
+SELECTION_PASSES = ("train", "eval")
+SAMPLERS = ("random", "patient")
+SELECTION_SIGNALS = ("rank_difficulty", "loss")
+PREDICTION_BLENDS = ("fusion", "unimodal_blend")
+
+
+class ConfigError(ValueError):
+    """A trial configuration that cannot run; the message names the field."""
+
+
+@dataclass
+class TrialConfig:
+    # --- what is compared -------------------------------------------------------------
+    method: str = "miracl"                 # registry name: miracl, bce, focal, asl, gce, mllsc, multit, cbmlc ...
+    backbone: str = "flexcare"             # registry name: flexcare, medfuse, m3care, cbmlc
+    variant: str = "full"                  # Table 4 label of a MIRACL ablation row (informational)
+    seed: int = 30                         # model init / data order seed
+    # --- noise (METHOD §2) ---------------------------------------------------------------
+    noise_model: str = "symmetric"
+    rho_pos: float = 0.2                   # P(1 -> 0)
+    rho_neg: float = 0.2                   # P(0 -> 1); for "balanced" it is derived from L_avg
+    noise_seed: int | None = None          # None -> seed (all methods under one seed share noise)
+    # --- optimisation (METHOD §7) --------------------------------------------------------
+    epochs: int = 30
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    corrected_weight_decay: float = 1e-5   # Adam weight decay once correction starts (§6)
+    cosine_t_max: int = 10
+    cosine_eta_min: float = 0.0
+    # --- MIRACL (METHOD §3–§6) -----------------------------------------------------------
+    warmup_epochs: int = 5
+    lambda_cons: float = 0.1
+    alpha: float = 0.5
+    tau: float = 0.02                      # correlated-negative threshold of Z^- (Eq. 6)
+    temperature: float = 0.07              # contrastive temperature (Eq. 9)
+    use_correction: bool = True            # Table 4 ablation switch
+    selection_signal: str = "rank_difficulty"  # or "loss" ("w/ Loss only" row of Table 4)
+    difficulty: str = "durations"          # (resolved) or "events" (paper-literal)
+    selection_pass: str = "train"          # (resolved) statistics from the epoch's own forward passes
+    gmm_min_group: int = 10
+    gmm_seed: int | None = None            # None -> seed; Table 9 varies it alone
+    gmm_iterations: int = 100
+    beta_end: float = 0.5                  # β_t falls linearly 1 -> beta_end (resolved)
+    prediction_blend: str = "fusion"       # or "unimodal_blend" (reference code's 0.6/0.2/0.2)
+    sampler: str = "random"                # (beyond the paper) or "patient"
+    # --- backbone (METHOD §11) -----------------------------------------------------------
+    hidden_size: int = 128
+    lstm_layers: int = 2
+    fusion_layers: int = 4
+    fusion_heads: int = 2
+    num_experts: int = 10
+    top_k_experts: int = 2
+    dropout: float = 0.1
+    moe_loss_weight: float = 0.01
+    orthogonality_loss_weight: float = 0.01
+    # --- baseline loss hyperparameters (METHOD §11) --------------------------------------
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    asl_gamma_neg: float = 4.0
+    asl_gamma_pos: float = 1.0
+    asl_clip: float = 0.05
+    gce_q: float = 0.7
+    mllsc_tau_pos: float = 0.55
+    mllsc_tau_neg: float = 0.6
+    mllsc_margin: float = 1.0
+    mllsc_gamma: float = 2.0
+    cbmlc_lambda: float = 0.01
+    # --- data ----------------------------------------------------------------------------
+    text_feature_key: str = ""             # "" -> the cohort's default text features
+    max_series_bins: int = 512
+    max_note_tokens: int = 512
+    # --- bookkeeping ---------------------------------------------------------------------
+    artifact_groups: int = 0               # store Z̃/GMM/partition for this many rarest labels
+    deterministic: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form tags, flattened as extra.<k>
+
+    # ------------------------------------------------------------------------------------
+    @property
+    def effective_noise_seed(self) -> int:
+        return self.seed if self.noise_seed is None else self.noise_seed
+
+    @property
+    def effective_gmm_seed(self) -> int:
+        return self.seed if self.gmm_seed is None else self.gmm_seed
+
+    def validate(self, available_methods: tuple[str, ...] | None = None,
+                 available_backbones: tuple[str, ...] | None = None) -> "TrialConfig":
+        """Raise `ConfigError` naming the first field that cannot run."""
+        def fail(name: str, expected: str) -> None:
+            raise ConfigError(f"config field '{name}' = {getattr(self, name)!r}: expected {expected}")
+
+        if available_methods is not None and self.method not in available_methods:
+            fail("method", f"one of {sorted(available_methods)}")
+        if available_backbones is not None and self.backbone not in available_backbones:
+            fail("backbone", f"one of {sorted(available_backbones)}")
+        if self.noise_model not in NOISE_MODELS:
+            fail("noise_model", f"one of {NOISE_MODELS}")
+        for name in ("rho_pos", "rho_neg"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                fail(name, "a rate in [0, 1)")
+        for name in ("lambda_cons", "tau", "weight_decay", "corrected_weight_decay",
+                     "learning_rate", "cbmlc_lambda", "dropout"):
+            if getattr(self, name) < 0:
+                fail(name, "a non-negative number")
+        if not 0.0 <= self.alpha <= 1.0:
+            fail("alpha", "a weight in [0, 1]")
+        if self.epochs < 1:
+            fail("epochs", "at least 1")
+        if self.warmup_epochs < 0 or (self.use_correction and self.method == "miracl"
+                                      and self.warmup_epochs >= self.epochs):
+            fail("warmup_epochs", f"0 <= warmup_epochs < epochs ({self.epochs}) when correction is on")
+        if self.batch_size < 1:
+            fail("batch_size", "at least 1")
+        if self.temperature <= 0:
+            fail("temperature", "a positive number")
+        if not 0.0 <= self.beta_end <= 1.0:
+            fail("beta_end", "a weight in [0, 1]")
+        if self.top_k_experts < 1 or self.top_k_experts > self.num_experts:
+            fail("top_k_experts", f"1 <= k <= num_experts ({self.num_experts})")
+        if self.hidden_size % self.fusion_heads:
+            fail("hidden_size", f"a multiple of fusion_heads ({self.fusion_heads})")
+        for name, allowed in (("difficulty", DIFFICULTY_FORMS), ("selection_pass", SELECTION_PASSES),
+                              ("sampler", SAMPLERS), ("selection_signal", SELECTION_SIGNALS),
+                              ("prediction_blend", PREDICTION_BLENDS)):
+            if getattr(self, name) not in allowed:
+                fail(name, f"one of {allowed}")
+        if self.gmm_min_group < 2:
+            fail("gmm_min_group", "at least 2")
+        return self
+
+    # ------------------------------------------------------------------------------------
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Flat JSON-safe dict: dataclass fields plus ``extra.<key>`` entries."""
+        flat = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        flat.update({f"extra.{k}": v for k, v in sorted(self.extra.items())})
+        return flat
+
+    def content_hash(self) -> str:
+        """Stable 12-hex digest of the flat dict (changes when any field changes)."""
+        blob = json.dumps(self.to_flat_dict(), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrialConfig":
+        """Build from a (possibly flat, possibly string-valued) dict; unknown keys are errors."""
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in values.items():
+            if key.startswith("extra."):
+                extra[key[len("extra."):]] = value
+                continue
+            if key == "extra":
+                extra.update(value or {})
+                continue
+            if key not in types:
+                raise ConfigError(f"unknown config field '{key}' (known: {', '.join(sorted(types))})")
+            kwargs[key] = _coerce(key, value, str(types[key]))
+        return cls(**kwargs, extra=extra)
+
+    def replace(self, **changes: Any) -> "TrialConfig":
+        merged = self.to_flat_dict()
+        merged.update(changes)
+        merged.update({f"extra.{k}": v for k, v in self.extra.items()})
+        return TrialConfig.from_dict(merged)
+
+
+def _coerce(name: str, value: Any, type_name: str) -> Any:
+    """Coerce CLI strings / numpy scalars to the field's declared type."""
+    if value is None:
+        if "None" in type_name:
+            return None
+        raise ConfigError(f"config field '{name}' may not be None")
+    if isinstance(value, str) and value.lower() in ("none", "null") and "None" in type_name:
+        return None
+    try:
+        if type_name.startswith("bool"):
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if type_name.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if type_name.startswith("float"):
+            return float(value)
+        if type_name.startswith("str"):
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config field '{name}' = {value!r}: expected {type_name}") from None
+    return value
