@@ -1,0 +1,86 @@
+"""Thin wrappers over `torch.distributed` so the loop reads the same with 1 or K workers.
+
+Under Ray Train the process group is already initialised (gloo on CPU, nccl on GPU); outside
+it (unit tests, a plain `python` call) every helper degrades to the single-process identity.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def all_gather_variable(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
+    """Every rank's `tensor` (first dims may differ across ranks; trailing dims must agree).
+
+    No autograd: used for statistics, predictions and indices. Pads to the largest first
+    dimension, gathers, and trims each piece back to its true length.
+    """
+    if not is_distributed():
+        return [tensor]
+    length = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.int64)
+    lengths = [torch.zeros_like(length) for _ in range(world_size())]
+    dist.all_gather(lengths, length)
+    longest = int(max(int(x.item()) for x in lengths))
+    padded = torch.zeros((longest,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: tensor.shape[0]] = tensor
+    pieces = [torch.zeros_like(padded) for _ in range(world_size())]
+    dist.all_gather(pieces, padded)
+    return [piece[: int(n.item())] for piece, n in zip(pieces, lengths)]
+
+
+def autograd_all_gather(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
+    """All ranks' `tensor` with gradients flowing back to each rank's own piece.
+
+    First dimensions may differ across ranks (padded, gathered with
+    `torch.distributed.nn.functional.all_gather`, then trimmed).
+    """
+    if not is_distributed():
+        return [tensor]
+    from torch.distributed.nn.functional import all_gather as differentiable_all_gather
+
+    length = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.int64)
+    lengths = [torch.zeros_like(length) for _ in range(world_size())]
+    dist.all_gather(lengths, length)
+    longest = int(max(int(x.item()) for x in lengths))
+    pad = longest - tensor.shape[0]
+    if pad:
+        tensor = torch.cat([tensor, tensor.new_zeros((pad,) + tuple(tensor.shape[1:]))])
+    pieces = differentiable_all_gather(tensor)
+    return [piece[: int(n.item())] for piece, n in zip(pieces, lengths)]
+
+
+def gather_rows(index: torch.Tensor, values: torch.Tensor, total: int) -> torch.Tensor:
+    """Assemble a `total`×… matrix from every rank's (index B, values B×…) pieces.
+
+    DistributedSampler pads shards with repeated indices; a repeated index just writes
+    the same row again. Rows no rank produced stay NaN (the caller checks).
+    """
+    indices = torch.cat(list(all_gather_variable(index)))
+    rows = torch.cat(list(all_gather_variable(values)))
+    out = torch.full((total,) + tuple(values.shape[1:]), float("nan"), dtype=values.dtype,
+                     device=values.device)
+    out[indices] = rows
+    return out
+
+
+def broadcast_object(value):
+    """Rank 0's Python object on every rank."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
