@@ -19,7 +19,6 @@ DIFFICULTY_FORMS = ("durations", "events")
 SELECTION_PASSES = ("train", "eval")
 SAMPLERS = ("random", "patient")
 SELECTION_SIGNALS = ("rank_difficulty", "loss")
-PREDICTION_BLENDS = ("fusion", "unimodal_blend")
 
 
 class ConfigError(ValueError):
@@ -60,7 +59,6 @@ class TrialConfig:
     gmm_seed: int | None = None            # None -> seed; Table 9 varies it alone
     gmm_iterations: int = 100
     beta_end: float = 0.5                  # β_t falls linearly 1 -> beta_end (resolved)
-    prediction_blend: str = "fusion"       # or "unimodal_blend" (reference code's 0.6/0.2/0.2)
     sampler: str = "random"                # (beyond the paper) or "patient"
     # --- backbone (METHOD §11) -----------------------------------------------------------
     hidden_size: int = 128
@@ -140,8 +138,7 @@ class TrialConfig:
         if self.hidden_size % self.fusion_heads:
             fail("hidden_size", f"a multiple of fusion_heads ({self.fusion_heads})")
         for name, allowed in (("difficulty", DIFFICULTY_FORMS), ("selection_pass", SELECTION_PASSES),
-                              ("sampler", SAMPLERS), ("selection_signal", SELECTION_SIGNALS),
-                              ("prediction_blend", PREDICTION_BLENDS)):
+                              ("sampler", SAMPLERS), ("selection_signal", SELECTION_SIGNALS)):
             if getattr(self, name) not in allowed:
                 fail(name, f"one of {allowed}")
         if self.gmm_min_group < 2:

@@ -1,0 +1,54 @@
+"""Provenance of a sweep: code version, library versions, cohort identity (no Ray import)."""
+from __future__ import annotations
+
+import json
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+PACKAGE = "miracl-grid"
+LIBRARIES = ("torch", "ray", "transformers", "scikit-learn", "numpy", "pandas", "pyarrow", "scipy")
+
+
+def code_version(repository: Path | None = None) -> tuple[str, bool]:
+    """(git commit or 'miracl-grid==<version>', dirty flag) of the code that runs the sweep."""
+    repository = repository or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "-C", str(repository), "rev-parse", "HEAD"], check=True,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "-C", str(repository), "status", "--porcelain",
+                                 "--untracked-files=no"], check=True, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        return commit, bool(status)
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return f"{PACKAGE}=={metadata.version(PACKAGE)}", False
+        except metadata.PackageNotFoundError:
+            return "unknown", True
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def sweep_provenance(manifest: dict, text_key: str | None = None) -> dict[str, object]:
+    """The `provenance/*` columns shared by every row of a sweep's results."""
+    commit, dirty = code_version()
+    text = manifest.get("text", {})
+    key = text_key or text.get("default_key")
+    encoder = text.get("features", {}).get(key, {})
+    return {
+        "provenance/code_version": commit,
+        "provenance/code_dirty": dirty,
+        "provenance/cohort_hash": manifest.get("cohort_hash", ""),
+        "provenance/text_encoder": encoder.get("encoder", ""),
+        "provenance/text_encoder_revision": str(encoder.get("revision", "")),
+        "provenance/text_feature_key": key or "",
+        "provenance/versions": json.dumps(library_versions(), sort_keys=True),
+    }

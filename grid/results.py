@@ -1,0 +1,86 @@
+"""Tidy `results.parquet` from a Tune experiment directory (schema in README "Results").
+
+One row per trial × epoch: identity (trial_id, sweep, experiment, epoch, is_last_epoch,
+status), the flattened TrialConfig as ``config/<field>``, every reported metric
+(``test/*``, ``train/*``, ``correction/*``, ``noise/*``, ``time/*``, ``artifact/*``) and the
+sweep's ``provenance/*`` columns plus a per-trial ``provenance/config_hash``.
+
+Reads each trial folder's ``result.json`` (one JSON object per reported epoch). A resumed
+trial may report an epoch twice (before and after the interruption); the later line wins.
+No Ray import: this runs on a laptop over a copied experiment folder too.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from trainables.config import TrialConfig
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.parquet"
+METRIC_PREFIXES = ("test/", "train/", "correction/", "noise/", "time/", "artifact/")
+ERROR_STATUS = "ERROR"
+
+
+def _trial_rows(result_file: Path) -> list[dict]:
+    rows = []
+    for number, line in enumerate(result_file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{result_file}: line {number} is not JSON ({error.msg})") from None
+    return rows
+
+
+def collect_experiment(experiment_dir: str | Path, *, sweep: str, provenance: dict | None = None,
+                       statuses: dict[str, str] | None = None) -> pd.DataFrame:
+    """All trials' per-epoch reports of one Tune experiment as one tidy frame."""
+    experiment_dir = Path(experiment_dir)
+    records: list[dict] = []
+    for result_file in sorted(experiment_dir.glob("*/result.json")):
+        by_epoch: dict[int, dict] = {}
+        for row in _trial_rows(result_file):
+            if "epoch" not in row:
+                continue
+            by_epoch[int(row["epoch"])] = row       # a resumed trial's later report wins
+        if not by_epoch:
+            continue
+        first = next(iter(by_epoch.values()))
+        trial = first["config"]["trial"]
+        config = TrialConfig.from_dict(trial["config"])
+        last_epoch = max(by_epoch)
+        status = (statuses or {}).get(trial["name"])
+        if status is None:
+            status = "TERMINATED" if last_epoch == config.epochs else "INCOMPLETE"
+        for epoch, row in sorted(by_epoch.items()):
+            record = {"trial_id": trial["name"], "sweep": sweep, "experiment": experiment_dir.name,
+                      "epoch": epoch, "is_last_epoch": epoch == last_epoch, "status": status}
+            record.update({f"config/{k}": v for k, v in config.to_flat_dict().items()})
+            record.update({k: v for k, v in row.items() if k.startswith(METRIC_PREFIXES)})
+            record.update(provenance or {})
+            record["provenance/config_hash"] = config.content_hash()
+            records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    if not frame.empty:
+        frame = frame.sort_values(["trial_id", "epoch"], kind="stable").reset_index(drop=True)
+    return frame
+
+
+def write_results(frame: pd.DataFrame, experiment_dir: str | Path) -> str:
+    """Write `results.parquet` into the experiment folder (local path or pyarrow URI)."""
+    import pyarrow as pa
+    import pyarrow.fs
+    import pyarrow.parquet as pq
+
+    target = f"{str(experiment_dir).rstrip('/')}/{RESULTS_FILE}"
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(target if "://" in target
+                                                      else str(Path(target).resolve()))
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, path, filesystem=filesystem)
+    return target

@@ -1,0 +1,172 @@
+"""Fan out a named sweep of the MIRACL grid on Ray Tune, one Ray Train DDP job per trial.
+
+    python grid/run.py --sweep lambda_cons                  # embedded cohort, quick preset
+    python grid/run.py --sweep main --data mimic3:/data/phenotyping --notes notes.parquet \
+        --preset paper --address auto --workers-per-trial 2 --gpus-per-worker 0.5 \
+        --storage s3://bucket/runs --cohort-cache /mnt/efs/cohorts
+    python grid/run.py --sweep lambda_cons --resume         # continue an interrupted sweep
+    python grid/run.py --list | --sweep NAME --dry-run
+
+Writes Tune's experiment folder `<storage>/<name>` (default `./runs/<sweep>`), then
+`results.parquet` and `report.md` there, and prints their paths.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+from trainables.config import ConfigError  # noqa: E402
+
+logger = logging.getLogger("grid.run")
+
+PAPER_L_AVG, PAPER_NUM_LABELS = 4.575, 25   # MIMIC-IV PHE (METHOD §10), for --list without a cohort
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python grid/run.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", help="main, lambda_cons, alpha, ablation, stability")
+    parser.add_argument("--list", action="store_true", help="print the sweeps and their trial counts")
+    parser.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", default=None,
+                      help="synthetic (default) | mimic3:PATH | mimic4:LISTFILE[,TSDIR] | a materialised cohort dir")
+    data.add_argument("--notes", default=None, help="notes table (stay,text) for mimic3 sources")
+    data.add_argument("--encoder", default=None, help="text encoder (HF id or path); default: packaged MiniLM")
+    data.add_argument("--cohort-cache", default=None,
+                      help="where materialised cohorts live (shared storage on a cluster; default ./runs/cohorts)")
+    trials = parser.add_argument_group("trials")
+    trials.add_argument("--preset", choices=("quick", "paper"), default=None,
+                        help="quick (default for the embedded cohort) or paper (default for MIMIC)")
+    trials.add_argument("--seeds", default=None, help="comma list replacing the sweep's seeds")
+    trials.add_argument("--noise", default=None, help="e.g. 'symmetric:0.2,0.2;asymmetric:0,0.4'")
+    trials.add_argument("--methods", default=None, help="e.g. miracl,asl,medfuse")
+    trials.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE[,VALUE]",
+                        help="TrialConfig override; a comma list widens the grid")
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument("--address", default=None, help="Ray address ('auto' after `ray up`); default: local Ray")
+    cluster.add_argument("--workers-per-trial", type=int, default=1)
+    cluster.add_argument("--cpus-per-worker", type=float, default=1.0)
+    cluster.add_argument("--gpus-per-worker", type=float, default=0.0, help="fractions share a GPU")
+    cluster.add_argument("--max-concurrent", type=int, default=0, help="0: as many as resources allow")
+    cluster.add_argument("--max-failures", type=int, default=2)
+    cluster.add_argument("--storage", default="./runs", help="local path or pyarrow URI (s3://...)")
+    cluster.add_argument("--name", default=None, help="experiment name (default: the sweep name)")
+    cluster.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    cluster.add_argument("--no-report", action="store_true", help="skip analysis.report at the end")
+    return parser
+
+
+def _is_embedded(data: str | None) -> bool:
+    return data in (None, "synthetic")
+
+
+def prepare_data(args, runtime: dict) -> Path:
+    """Materialise (or reuse, by content hash) the cohort once for every trial."""
+    from data.prepare import prepare_cohort
+
+    if args.data and not _is_embedded(args.data) and ":" not in args.data:
+        cohort = Path(args.data).resolve()
+        if not (cohort / "manifest.json").is_file():
+            raise ConfigError(f"--data {args.data}: not a materialised cohort (no manifest.json) and not "
+                              "'synthetic', 'mimic3:PATH' or 'mimic4:LISTFILE[,TSDIR]'")
+        return cohort
+    source = args.data or "synthetic"
+    options: dict = {"encoder": args.encoder, "notes": args.notes}
+    if _is_embedded(args.data):
+        synthetic = runtime["synthetic_cohort"]
+        options.update(patients=synthetic["num_patients"], hours=synthetic["max_hours"])
+    key = hashlib.sha256(json.dumps([source, options], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    cache = Path(args.cohort_cache or Path(args.storage if "://" not in args.storage else ".") / "cohorts")
+    return Path(prepare_cohort(source, cache.resolve() / key, **{k: v for k, v in options.items() if v is not None}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    from grid.presets import preset_runtime, preset_trial_defaults
+    from grid.sweeps import describe_sweeps, expand_sweep, format_trials, parse_set_arguments
+
+    if args.list:
+        print(describe_sweeps(PAPER_L_AVG, PAPER_NUM_LABELS))
+        print(f"(balanced rho- shown for L_avg={PAPER_L_AVG}; a run derives it from its cohort)")
+        return 0
+    if not args.sweep:
+        print("error: --sweep NAME is required (see --list)", file=sys.stderr)
+        return 2
+    preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
+    runtime = preset_runtime(preset)
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    experiment = args.name or args.sweep
+    experiment_dir = f"{storage.rstrip('/')}/{experiment}"
+    try:
+        from data.errors import CohortError
+
+        cohort_dir = prepare_data(args, runtime)
+        manifest = json.loads((cohort_dir / "manifest.json").read_text())
+        trials = expand_sweep(args.sweep, l_avg=manifest["l_avg_train"], num_labels=manifest["num_labels"],
+                              seeds=args.seeds, noise=args.noise, methods=args.methods,
+                              overrides=parse_set_arguments(args.set), preset=preset_trial_defaults(preset),
+                              preset_seeds=runtime["seeds"])
+    except (ConfigError, CohortError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"sweep {args.sweep}: {len(trials)} trials, preset {preset}, cohort {cohort_dir}")
+    if args.dry_run:
+        print(format_trials(trials))
+        return 0
+    return run_sweep(args, trials, cohort_dir, manifest, storage, experiment, experiment_dir)
+
+
+def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, experiment: str,
+              experiment_dir: str) -> int:
+    import ray
+
+    from grid.provenance import sweep_provenance
+    from grid.results import ERROR_STATUS, collect_experiment, write_results
+    from grid.runner import Resources, build_tuner, restore_tuner
+
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    resources = Resources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker,
+                          args.max_concurrent, args.max_failures)
+    started = time.perf_counter()
+    if args.resume:
+        tuner = restore_tuner(experiment_dir)
+    else:
+        tuner = build_tuner(trials, experiment_name=experiment, storage=storage, cohort_dir=str(cohort_dir),
+                            resources=resources, fail_once=os.environ.get("MIRACL_FAIL_ONCE"))
+    grid = tuner.fit()
+    statuses = {}
+    failed = []
+    for result in grid:
+        name = result.config["trial"]["name"]
+        statuses[name] = ERROR_STATUS if result.error else "TERMINATED"
+        if result.error:
+            failed.append(f"{name}: {type(result.error).__name__}: {str(result.error).splitlines()[0][:200]}")
+    frame = collect_experiment(experiment_dir, sweep=args.sweep, statuses=statuses,
+                               provenance=sweep_provenance(manifest))
+    results_path = write_results(frame, experiment_dir)
+    print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; results: {results_path}")
+    if failed:
+        print(f"{len(failed)} trial(s) failed after retries:", *failed, sep="\n  ", file=sys.stderr)
+    if not args.no_report and "://" not in experiment_dir:
+        from analysis.report import write_report
+
+        report = write_report(experiment_dir, allow_partial=bool(failed))
+        print(f"report: {report}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""Run a list of trials as one Ray Tune experiment, one Ray Train `TorchTrainer` job per trial.
+
+Ray Train V2 pattern: the Tune trainable is a light *driver* function (no CPU reserved: it
+only waits) that builds a `TorchTrainer` whose worker group holds the trial's resources and
+reports every epoch back to Tune through `TuneReportCallback`.
+
+Failure handling, two levels:
+- a worker dies -> Ray Train restarts the worker group from the trial's latest checkpoint
+  (`ray.train.FailureConfig(max_failures)`);
+- the driver/trial dies -> Tune retries the trial (`tune.FailureConfig(max_failures)`); the new
+  driver builds a TorchTrainer with the same run name and storage path, and Ray Train resumes
+  from that run's latest checkpoint. An interrupted experiment resumes with
+  `Tuner.restore(..., resume_unfinished=True, resume_errored=True)`; finished trials are kept.
+
+Data: trials read one materialised cohort directory by path. On a cluster that path must be
+on shared storage (NFS/EFS mounted at the same path on every node); see README.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from grid.sweeps import Trial
+
+logger = logging.getLogger(__name__)
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+TRAIN_RUNS_FOLDER = "train_runs"
+ARTIFACTS_FOLDER = "artifacts"
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_concurrent: int = 0          # 0 -> as many as the cluster fits
+    max_failures: int = 2            # Tune trial retries; Ray Train worker-group restarts alike
+
+
+def run_trial(param: dict) -> None:
+    """Tune function trainable: one TorchTrainer job for one trial (the V2 driver pattern)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainables.train import build_trainer
+
+    trial, runtime = param["trial"], param["runtime"]
+    experiment = Path(runtime["experiment_dir"]) if "://" not in runtime["experiment_dir"] else None
+    loop_config = {
+        "trial": trial["config"],
+        "cohort_dir": runtime["cohort_dir"],
+        "threads": max(1, int(runtime["cpus_per_worker"])),
+        "artifact_dir": str(experiment / ARTIFACTS_FOLDER / trial["name"]) if experiment else None,
+        "fail_once": _fail_hook(runtime, trial["name"]),
+    }
+    trainer = build_trainer(
+        loop_config, workers=runtime["workers_per_trial"], cpus_per_worker=runtime["cpus_per_worker"],
+        gpus_per_worker=runtime["gpus_per_worker"],
+        storage_path=f"{runtime['experiment_dir'].rstrip('/')}/{TRAIN_RUNS_FOLDER}",
+        name=trial["name"], max_failures=runtime["max_failures"], callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def _fail_hook(runtime: dict, trial_name: str) -> dict | None:
+    """Test hook (env MIRACL_FAIL_ONCE='TRIAL:EPOCH:RANK'): that worker exits once at that epoch."""
+    spec = runtime.get("fail_once")
+    if not spec:
+        return None
+    name, epoch, rank = spec.split(":")
+    if name != trial_name:
+        return None
+    return {"epoch": int(epoch), "rank": int(rank),
+            "marker": f"{runtime['experiment_dir']}/fail_once_{trial_name}.marker"}
+
+
+def trial_dirname(trial) -> str:
+    return trial.config["trial"]["name"]
+
+
+def build_tuner(trials: Sequence[Trial], *, experiment_name: str, storage: str, cohort_dir: str,
+                resources: Resources, fail_once: str | None = None):
+    """A fresh `ray.tune.Tuner` over `trials` (grid search over the trial list)."""
+    from ray import tune
+
+    experiment_dir = f"{storage.rstrip('/')}/{experiment_name}"
+    runtime = {"experiment_dir": experiment_dir, "cohort_dir": cohort_dir,
+               "workers_per_trial": resources.workers_per_trial,
+               "cpus_per_worker": resources.cpus_per_worker,
+               "gpus_per_worker": resources.gpus_per_worker,
+               "max_failures": resources.max_failures, "fail_once": fail_once}
+    param_space = {
+        "trial": tune.grid_search([{"name": t.name, "config": t.config} for t in trials]),
+        "runtime": runtime,
+    }
+    return tune.Tuner(
+        _trainable(),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent or None,
+                                    trial_dirname_creator=trial_dirname,
+                                    trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(name=experiment_name, storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                                  progress_reporter=_reporter(), verbose=1),
+    )
+
+
+def restore_tuner(experiment_dir: str):
+    """Resume an interrupted experiment: unfinished and errored trials rerun from checkpoints."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(experiment_dir):
+        raise FileNotFoundError(f"{experiment_dir}: no Tune experiment to resume here")
+    return tune.Tuner.restore(experiment_dir, trainable=_trainable(), resume_unfinished=True,
+                              resume_errored=True, restart_errored=False)
+
+
+def _trainable():
+    # The driver only waits on the TorchTrainer, whose workers hold the trial's CPUs/GPUs.
+    # Tune refuses an all-zero request, so the driver asks for one byte of memory instead.
+    from ray import tune
+
+    return tune.with_resources(run_trial, {"cpu": 0, "memory": 1})
+
+
+def _reporter():
+    from ray import tune
+
+    return tune.CLIReporter(
+        metric_columns={"epoch": "epoch", "test/mAP": "mAP", "test/F1": "F1",
+                        "correction/accuracy_corrected": "corr.acc", "time/epoch_s": "s/epoch"},
+        parameter_columns={"trial/name": "trial"}, max_report_frequency=30)

@@ -1,0 +1,304 @@
+"""The single training loop every Ray Train worker runs (METHOD §3–§8, §7 schedule).
+
+`train_loop_per_worker(loop_config)` is what `TorchTrainer` launches; it wraps `run_training`,
+which is also callable in a plain process (tests, debugging) with a `report` function.
+
+Per epoch, identically on every rank:
+  1. train on this rank's shard of every global batch (`trainables.batching`), recording
+     per-pair probabilities into `PairStatistics` (METHOD §3);
+  2. gather the statistics by instance index onto every rank, close the epoch's bits;
+  3. let the method update its state (MIRACL: selection, batched GMMs, correction — §3–§5);
+  4. compute correction diagnostics *outside* the method, against the clean labels it never
+     sees (§8), evaluate on the clean test split, step the cosine schedule;
+  5. report one metrics dict (+ a checkpoint that resumes bit-for-bit: model, optimiser,
+     scheduler, method state, statistics history; RNG streams are re-derived from
+     (seed, epoch, rank) at every epoch start, so no RNG state needs saving).
+
+`loop_config` keys: ``trial`` (flat TrialConfig dict), ``cohort_dir``, optional
+``artifact_dir`` (selection artifacts, rank 0 writes), ``fail_once`` ({epoch, rank, marker}:
+test hook that kills one worker process once), ``threads`` (torch intra-op threads).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from data.dataset import CohortData, CohortDataset, collate
+from data.noise import apply_noise
+from trainables import distributed
+from trainables.backbones import BACKBONES, build_backbone
+from trainables.batching import epoch_batches, shard, shard_weight
+from trainables.config import TrialConfig
+from trainables.correction import correction_diagnostics
+from trainables.methods import METHODS, build_method
+from trainables.metrics import classification_metrics
+from trainables.statistics import PairStatistics
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "state.pt"
+EVAL_BATCH_SIZE = 256
+
+ReportFunction = Callable[[dict[str, Any], "str | None"], None]
+
+
+@dataclass
+class TrainingState:
+    """Everything the loop needs to resume bit-for-bit (saved in each checkpoint)."""
+
+    epoch: int
+    model: dict
+    optimizer: dict
+    scheduler: dict
+    method: dict
+    statistics: dict
+    history: list
+
+
+def seed_everything(seed: int, epoch: int, rank: int, deterministic: bool) -> None:
+    """Derive this epoch's RNG streams from (seed, epoch, rank): resume needs no saved RNG."""
+    stream = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+    torch.manual_seed(stream)
+    np.random.seed(stream % (2**32))
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def run_training(loop_config: dict, report: ReportFunction,
+                 resume_state: TrainingState | None = None) -> list[dict]:
+    """Train one trial; call `report(metrics, checkpoint_dir_or_None)` once per epoch.
+
+    Returns the list of per-epoch metrics dicts (identical on every rank).
+    """
+    trial_start = time.perf_counter()
+    config = TrialConfig.from_dict(loop_config["trial"]).validate(tuple(METHODS), tuple(BACKBONES))
+    if loop_config.get("threads"):
+        torch.set_num_threads(int(loop_config["threads"]))
+    rank, world = distributed.rank(), distributed.world_size()
+    device = _device()
+
+    data = CohortData(loop_config["cohort_dir"], text_key=config.text_feature_key or None)
+    train_rows, test_rows = data.rows("train"), data.rows("test")
+    clean_train = data.labels[train_rows]
+    noise = apply_noise(clean_train, config.noise_model, config.rho_pos, config.rho_neg,
+                        seed=config.effective_noise_seed, l_avg=data.manifest["l_avg_train"])
+    observed = torch.from_numpy(noise.noisy.astype(np.float32)).to(device)
+    clean = torch.from_numpy(clean_train.astype(np.float32)).to(device)
+    flip_mask = torch.from_numpy(noise.flip_mask).to(device)
+    num_train, num_labels = observed.shape
+    # global instance index -> train position (statistics rows) / test position
+    position_of = torch.full((data.num_stays,), -1, dtype=torch.long)
+    position_of[torch.from_numpy(train_rows)] = torch.arange(num_train)
+    test_position_of = torch.full((data.num_stays,), -1, dtype=torch.long)
+    test_position_of[torch.from_numpy(test_rows)] = torch.arange(len(test_rows))
+
+    dataset_options = dict(text_key=config.text_feature_key or None,
+                           max_series_bins=config.max_series_bins, max_note_tokens=config.max_note_tokens)
+    train_set = CohortDataset(data, train_rows, **dataset_options)
+    test_set = CohortDataset(data, test_rows, **dataset_options)
+    label_embeddings = data.label_embeddings(config.text_feature_key or None)
+
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    model = build_backbone(config.backbone, config, num_labels=num_labels,
+                           series_channels=int(data.manifest["series"]["channels"]),
+                           note_dim=data.note_dim,
+                           label_name_embeddings=None if label_embeddings is None
+                           else torch.from_numpy(np.asarray(label_embeddings, dtype=np.float32)))
+    model.to(device)
+    core_model = model
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True)  # top-k experts and absent modalities leave parameters unused
+    optimizer = torch.optim.Adam(core_model.parameters(), lr=config.learning_rate,
+                                 weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.cosine_t_max,
+                                                           eta_min=config.cosine_eta_min)
+    method = build_method(config, observed=observed, gather=distributed.autograd_all_gather)
+    statistics = PairStatistics(num_train, num_labels, device=device)
+    history: list[dict] = []
+    start_epoch = 1
+    if resume_state is not None:
+        core_model.load_state_dict(resume_state.model)
+        optimizer.load_state_dict(resume_state.optimizer)
+        scheduler.load_state_dict(resume_state.scheduler)
+        method.load_state_dict(resume_state.method)
+        statistics.load_state_dict(resume_state.statistics)
+        history = list(resume_state.history)
+        start_epoch = resume_state.epoch + 1
+        logger.info("resuming at epoch %d of %d", start_epoch, config.epochs)
+
+    patients = data.patient_id[train_rows]
+    for epoch in range(start_epoch, config.epochs + 1):
+        _maybe_fail(loop_config.get("fail_once"), epoch, rank)
+        epoch_start = time.perf_counter()
+        seed_everything(config.seed, epoch, rank, config.deterministic)
+        method.configure_epoch(epoch, optimizer)
+
+        # 1. train -----------------------------------------------------------------------
+        model.train()
+        batches = epoch_batches(num_train, config.batch_size, config.seed, epoch,
+                                sampler=config.sampler, groups=patients, minimum_batch=world)
+        local = [shard(b, rank, world) for b in batches]
+        loader = DataLoader(train_set, batch_sampler=local, collate_fn=collate)
+        term_sums: dict[str, float] = {}
+        for global_batch, batch in zip(batches, loader):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            positions = position_of[batch["index"].cpu()].to(device)
+            output = model(batch)
+            terms = method.batch_loss(output, batch, positions, epoch)
+            weight = shard_weight(len(positions), len(global_batch), world)
+            loss = weight * sum(terms.local.values()) + sum(terms.global_.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            statistics.record_batch(positions, torch.sigmoid(output.logits.detach()), observed[positions])
+            for name, value in {**terms.local, **terms.global_}.items():
+                term_sums[name] = term_sums.get(name, 0.0) + float(value.detach()) * len(global_batch)
+        train_seconds = time.perf_counter() - epoch_start
+
+        # 2.–3. statistics, selection, correction ------------------------------------------
+        selection_start = time.perf_counter()
+        if world > 1:
+            statistics.gather(distributed.all_gather_variable)
+        statistics.close_epoch()
+        outcome = method.end_epoch(epoch, statistics)
+        selection_seconds = time.perf_counter() - selection_start
+
+        # 4. diagnostics against clean labels (outside the method), evaluation -------------
+        metrics: dict[str, Any] = {"epoch": epoch}
+        metrics.update(_train_terms(term_sums, num_train))
+        metrics.update(_noise_metrics(noise))
+        diagnostics = correction_diagnostics(
+            corrected=outcome.corrected if outcome.corrected is not None else observed,
+            observed=observed, clean=clean, flip_mask=flip_mask,
+            partition=outcome.partition, predictions=statistics.probabilities)
+        metrics.update({f"correction/{k}": v for k, v in diagnostics.items()})
+        metrics["correction/active"] = outcome.corrected is not None
+        metrics.update({f"correction/{k}": v for k, v in outcome.diagnostics.items()})
+
+        eval_start = time.perf_counter()
+        probabilities = _predict(model, test_set, test_position_of, rank, world, device)
+        test_metrics = classification_metrics(probabilities.cpu().numpy(), data.labels[test_rows])
+        metrics.update({f"test/{k}": v for k, v in test_metrics.items()})
+        eval_seconds = time.perf_counter() - eval_start
+        scheduler.step()
+
+        metrics["artifact/selection_path"] = _write_artifact(loop_config.get("artifact_dir"), epoch,
+                                                             outcome.artifact, rank)
+        metrics.update({"time/train_s": train_seconds, "time/selection_s": selection_seconds,
+                        "time/eval_s": eval_seconds,
+                        "time/epoch_s": time.perf_counter() - epoch_start,
+                        "time/trial_wall_s": time.perf_counter() - trial_start})
+        history.append(metrics)
+
+        # 5. report + checkpoint --------------------------------------------------------
+        state = TrainingState(epoch=epoch, model=core_model.state_dict(), optimizer=optimizer.state_dict(),
+                              scheduler=scheduler.state_dict(), method=method.state_dict(),
+                              statistics=statistics.state_dict(), history=history)
+        if rank == 0:
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(state.__dict__, Path(folder) / CHECKPOINT_FILE)
+                report(metrics, folder)
+        else:
+            report(metrics, None)
+    return history
+
+
+def load_training_state(checkpoint_dir: str | os.PathLike) -> TrainingState:
+    payload = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    return TrainingState(**payload)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train V2 entry point: resume from `ray.train.get_checkpoint()` if there is one."""
+    import ray.train
+
+    resume_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_state = load_training_state(folder)
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
+                         if checkpoint_dir else None)
+
+    run_training(loop_config, report, resume_state)
+
+
+# ----------------------------------------------------------------------------------------
+def _device() -> torch.device:
+    try:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    except Exception:  # outside a Ray Train worker
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.inference_mode()
+def _predict(model, dataset: CohortDataset, test_position_of: torch.Tensor, rank: int, world: int,
+             device: torch.device) -> torch.Tensor:
+    """Sigmoid probabilities for the whole test split (each rank a contiguous shard, gathered)."""
+    model.eval()
+    positions = shard(np.arange(len(dataset)), rank, world)
+    loader = DataLoader(dataset, batch_sampler=np.array_split(positions, max(1, -(-len(positions) // EVAL_BATCH_SIZE))),
+                        collate_fn=collate)
+    indices, outputs = [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        outputs.append(torch.sigmoid(model(batch).logits).float())
+        indices.append(test_position_of[batch["index"].cpu()].to(device))
+    local_index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
+    local_output = torch.cat(outputs) if outputs else torch.zeros(0, 1, device=device)
+    full = distributed.gather_rows(local_index, local_output, len(dataset))
+    if torch.isnan(full).any():
+        raise RuntimeError("evaluation: some test instances received no prediction")
+    return full
+
+
+def _train_terms(term_sums: dict[str, float], num_train: int) -> dict[str, float]:
+    """Epoch means of the loss terms (weighted by global batch size)."""
+    metrics = {f"train/loss_{name}": total / num_train for name, total in term_sums.items()}
+    metrics["train/loss"] = sum(metrics.values())
+    return metrics
+
+
+def _noise_metrics(noise) -> dict[str, float]:
+    return {"noise/realised_rho_pos": float(noise.realised_rho_pos),
+            "noise/realised_rho_neg": float(noise.realised_rho_neg),
+            "noise/flipped_pairs": int(noise.flip_mask.sum()),
+            "noise/rho_neg_nominal": float(noise.rho_neg)}
+
+
+def _write_artifact(artifact_dir: str | None, epoch: int, artifact: dict | None, rank: int) -> str:
+    """Selection artifact (.npz, layout in trainables.methods) written by rank 0; '' if none."""
+    if not artifact_dir or artifact is None or rank != 0:
+        return ""
+    path = Path(artifact_dir) / f"selection_epoch{epoch:03d}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **artifact)
+    return str(path)
+
+
+def _maybe_fail(spec: dict | None, epoch: int, rank: int) -> None:
+    """Test hook: the worker of `spec['rank']` exits hard at `spec['epoch']`, once per marker."""
+    if not spec or epoch != int(spec["epoch"]) or rank != int(spec.get("rank", 0)):
+        return
+    marker = Path(spec["marker"])
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"killed rank {rank} at epoch {epoch}\n")
+    logger.warning("fail_once hook: rank %d exits at epoch %d", rank, epoch)
+    os._exit(17)

@@ -1,0 +1,258 @@
+"""Methods: what the loop asks for the loss of a batch and lets update its state each epoch.
+
+A method is built from the trial config and the *observed* (noisy) train labels only — it is
+never handed the clean labels, so selection and correction cannot read them; the loop
+computes the correction diagnostics outside (METHOD §1, §8).
+
+Interface used by `trainables.loop`:
+    configure_epoch(epoch, optimizer)                  before an epoch (e.g. weight decay switch, §6)
+    batch_loss(output, batch, positions, epoch) -> LossTerms
+        ``local``: means over this rank's pairs (the loop scales them for DDP),
+        ``global_``: terms already scaled so DDP's average is the global-batch gradient (Eq. 9)
+    end_epoch(epoch, statistics) -> EpochOutcome       after statistics are gathered on all ranks
+    state_dict() / load_state_dict()                   resumable state (corrected labels, estimates)
+
+Registry `METHODS`: miracl, bce (FlexCare; also MedFuse/M3Care with their backbones), focal,
+asl, gce, mllsc, multit, cbmlc. Ablation rows of Table 4 are config switches of `miracl`
+(`use_correction`, `alpha`, `selection_signal`, `lambda_cons`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Callable
+
+import numpy as np
+import torch
+
+from trainables import losses
+from trainables.backbones.base import BackboneOutput
+from trainables.config import ConfigError, TrialConfig
+from trainables.contrastive import patient_contrastive_loss
+from trainables.correction import correct_labels
+from trainables.gmm import fit_group_mixtures
+from trainables.schedule import beta_schedule, is_warmup, set_weight_decay
+from trainables.selection import selection_metric
+from trainables.statistics import PairStatistics
+
+logger = logging.getLogger(__name__)
+
+GatherFunction = Callable[[torch.Tensor], "list[torch.Tensor]"]
+
+
+@dataclass
+class LossTerms:
+    local: dict[str, torch.Tensor] = field(default_factory=dict)
+    global_: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class EpochOutcome:
+    """What a method tells the loop after an epoch.
+
+    corrected   N×L soft labels used from the next epoch on (None: no correction active)
+    partition   N×L int8 (0 clean, 1 uncertain, 2 noisy) or None
+    diagnostics scalar values reported under ``correction/``
+    artifact    arrays for the selection artifact (.npz) or None
+    """
+
+    corrected: torch.Tensor | None = None
+    partition: torch.Tensor | None = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    artifact: dict[str, np.ndarray] | None = None
+
+
+class Method:
+    """Base: a plain supervised loss on the observed labels plus the backbone's auxiliary terms."""
+
+    name = "base"
+
+    def __init__(self, config: TrialConfig, observed: torch.Tensor, gather: GatherFunction | None = None):
+        self.config = config
+        self.observed = observed          # N×L float in {0,1}: the noisy train labels
+        self.gather = gather
+
+    def configure_epoch(self, epoch: int, optimizer: torch.optim.Optimizer) -> None:
+        pass
+
+    def supervised_loss(self, logits: torch.Tensor, targets: torch.Tensor, epoch: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch_loss(self, output: BackboneOutput, batch: dict, positions: torch.Tensor, epoch: int) -> LossTerms:
+        terms = LossTerms(local={"supervised": self.supervised_loss(output.logits, self.observed[positions], epoch)})
+        terms.local.update(output.auxiliary_losses)
+        return terms
+
+    def end_epoch(self, epoch: int, statistics: PairStatistics) -> EpochOutcome:
+        return EpochOutcome()
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class LossMethod(Method):
+    """A baseline loss of METHOD §11 on the observed labels (BCE, Focal, ASL, GCE, MLLSC)."""
+
+    def __init__(self, config, observed, gather=None, *, name: str, loss: Callable):
+        super().__init__(config, observed, gather)
+        self.name = name
+        self.loss = loss
+
+    def supervised_loss(self, logits, targets, epoch):
+        return self.loss(logits, targets)
+
+
+class MultiTMethod(Method):
+    """MultiT: BCE during warm-up, then forward correction with per-label 2×2 transitions
+    estimated once from the warm-up statistics (`losses.MultiTransition`)."""
+
+    name = "multit"
+
+    def __init__(self, config, observed, gather=None):
+        super().__init__(config, observed, gather)
+        self.matrices: torch.Tensor | None = None
+
+    def supervised_loss(self, logits, targets, epoch):
+        if self.matrices is None:
+            return losses.binary_cross_entropy(logits, targets)
+        return losses.forward_corrected_bce(logits, targets, self.matrices.to(logits.device))
+
+    def end_epoch(self, epoch, statistics):
+        if self.matrices is None and epoch >= max(1, self.config.warmup_epochs):
+            estimate = losses.MultiTransition.estimate(statistics.probabilities, self.observed)
+            self.matrices = estimate.matrices.float()
+            rates = self.matrices
+            return EpochOutcome(diagnostics={"multit_mean_rho_pos": float(rates[:, 1, 0].mean()),
+                                             "multit_mean_rho_neg": float(rates[:, 0, 1].mean())})
+        return EpochOutcome()
+
+    def state_dict(self):
+        return {"matrices": self.matrices}
+
+    def load_state_dict(self, state):
+        self.matrices = state.get("matrices")
+
+
+class MiraclMethod(Method):
+    """MIRACL (METHOD §3–§6): contrastive regularisation from epoch 1; after warm-up, class-wise
+    GMM selection on Z̃ (Eq. 1–3) and joint label correction (Eqs. 4–8), trained with
+    β_t·BCE(ỹ_corr) + (1−β_t)·BCE(ỹ) + λ_cons·L_cons (Appendix A.4)."""
+
+    name = "miracl"
+
+    def __init__(self, config, observed, gather=None):
+        super().__init__(config, observed, gather)
+        self.corrected: torch.Tensor | None = None
+        self.first_corrected_epoch = config.warmup_epochs + 1
+
+    @property
+    def correcting(self) -> bool:
+        return self.config.use_correction
+
+    def configure_epoch(self, epoch, optimizer):
+        if self.correcting and epoch == self.first_corrected_epoch:
+            set_weight_decay(optimizer, self.config.corrected_weight_decay)
+
+    def batch_loss(self, output, batch, positions, epoch):
+        observed = self.observed[positions]
+        terms = LossTerms()
+        if self.corrected is not None and not is_warmup(epoch, self.config.warmup_epochs):
+            beta = beta_schedule(epoch, self.first_corrected_epoch, self.config.epochs, self.config.beta_end)
+            terms.local["bce_corrected"] = beta * losses.binary_cross_entropy(output.logits, self.corrected[positions])
+            terms.local["bce_observed"] = (1 - beta) * losses.binary_cross_entropy(output.logits, observed)
+        else:
+            terms.local["bce_observed"] = losses.binary_cross_entropy(output.logits, observed)
+        terms.local.update(output.auxiliary_losses)
+        if self.config.lambda_cons > 0:
+            terms.global_["contrastive"] = self.config.lambda_cons * patient_contrastive_loss(
+                output.ehr_embedding, output.note_embedding, batch["has_series"], batch["has_note"],
+                batch["patient"], temperature=self.config.temperature, gather=self.gather)
+        return terms
+
+    def end_epoch(self, epoch, statistics):
+        if not self.correcting or epoch < self.config.warmup_epochs:
+            return EpochOutcome()
+        config = self.config
+        probabilities = statistics.probabilities
+        difficulty = (statistics.difficulty(config.difficulty)
+                      if config.selection_signal == "rank_difficulty" else None)
+        selection = selection_metric(probabilities, self.observed, difficulty=difficulty, alpha=config.alpha,
+                                     signal=config.selection_signal, bce=statistics.bce)
+        num_groups = 2 * self.observed.shape[1]
+        mixtures = fit_group_mixtures(selection.z_tilde, selection.group_id, num_groups,
+                                      min_group=config.gmm_min_group, seed=config.effective_gmm_seed,
+                                      max_iterations=config.gmm_iterations)
+        mean_clean, mean_noisy = mixtures.pair_means(selection.group_id)
+        result = correct_labels(self.observed, probabilities, selection.z_tilde, mixtures.partition,
+                                mean_clean, mean_noisy, tau=config.tau)
+        self.corrected = result.corrected
+        diagnostics = {f"size_{k}": v for k, v in mixtures.set_sizes().items()}
+        diagnostics["gmm_fallback_groups"] = int(mixtures.fallback.sum())
+        diagnostics["negative_candidates"] = int(result.in_negative_candidates.sum())
+        return EpochOutcome(corrected=self.corrected, partition=mixtures.partition, diagnostics=diagnostics,
+                            artifact=self._artifact(selection, mixtures))
+
+    def _artifact(self, selection, mixtures) -> dict[str, np.ndarray] | None:
+        """Z̃, GMM parameters and partition of the `artifact_groups` rarest labels (both classes)."""
+        count = self.config.artifact_groups
+        if count <= 0:
+            return None
+        num_labels = self.observed.shape[1]
+        rarest = torch.argsort(self.observed.sum(0), stable=True)[:count]
+        groups = torch.stack([2 * rarest, 2 * rarest + 1], dim=1).reshape(-1)   # (label, class) ids
+        group_id = selection.group_id.reshape(-1)
+        z = selection.z_tilde.reshape(-1)
+        partition = mixtures.partition.reshape(-1)
+        pieces = [torch.nonzero(group_id == g).squeeze(1) for g in groups.tolist()]  # ≤ 2·count groups
+        offsets = np.cumsum([0] + [len(p) for p in pieces])
+        every = torch.cat(pieces)
+        parameters = mixtures.as_numpy()
+        return {"label_index": (groups // 2).cpu().numpy(), "observed_class": (groups % 2).cpu().numpy(),
+                "z_values": z[every].cpu().numpy(), "z_offsets": offsets,
+                "partition": partition[every].cpu().numpy().astype(np.int8),
+                "means": parameters["means"][groups.cpu().numpy()],
+                "variances": parameters["variances"][groups.cpu().numpy()],
+                "weights": parameters["weights"][groups.cpu().numpy()],
+                "num_labels": np.array(num_labels)}
+
+    def state_dict(self):
+        return {"corrected": self.corrected}
+
+    def load_state_dict(self, state):
+        self.corrected = state.get("corrected")
+
+
+def _loss_method(name: str, loss_factory: Callable[[TrialConfig], Callable]):
+    def build(config, observed, gather=None):
+        return LossMethod(config, observed, gather, name=name, loss=loss_factory(config))
+    return build
+
+
+METHODS: dict[str, Callable[..., Method]] = {
+    "miracl": MiraclMethod,
+    "bce": _loss_method("bce", lambda c: losses.binary_cross_entropy),
+    "focal": _loss_method("focal", lambda c: partial(losses.focal_loss, gamma=c.focal_gamma, alpha=c.focal_alpha)),
+    "asl": _loss_method("asl", lambda c: partial(losses.asymmetric_loss, gamma_negative=c.asl_gamma_neg,
+                                                 gamma_positive=c.asl_gamma_pos, clip=c.asl_clip)),
+    "gce": _loss_method("gce", lambda c: partial(losses.generalized_cross_entropy, q=c.gce_q)),
+    "mllsc": _loss_method("mllsc", lambda c: partial(losses.mllsc_loss, tau_positive=c.mllsc_tau_pos,
+                                                     tau_negative=c.mllsc_tau_neg, margin=c.mllsc_margin,
+                                                     gamma=c.mllsc_gamma)),
+    "multit": MultiTMethod,
+    # CbMLC = ASL on the label-graph backbone; its context regulariser is a backbone auxiliary loss
+    "cbmlc": _loss_method("cbmlc", lambda c: partial(losses.asymmetric_loss, gamma_negative=c.asl_gamma_neg,
+                                                     gamma_positive=c.asl_gamma_pos, clip=c.asl_clip)),
+}
+
+
+def build_method(config: TrialConfig, *, observed: torch.Tensor, gather: GatherFunction | None = None) -> Method:
+    if config.method not in METHODS:
+        raise ConfigError(f"config field 'method' = {config.method!r}: expected one of {sorted(METHODS)}")
+    if config.method == "cbmlc" and config.backbone != "cbmlc":
+        raise ConfigError("config field 'backbone' must be 'cbmlc' when method is 'cbmlc' "
+                          "(its label-graph decoder and context regulariser live in the backbone)")
+    return METHODS[config.method](config, observed, gather)

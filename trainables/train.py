@@ -1,0 +1,121 @@
+"""Single-trial entry point: one Ray Train `TorchTrainer` job, last-epoch metrics printed.
+
+    python -m trainables.train --data DIR --epochs N --workers K [--FIELD VALUE ...]
+
+Every `TrialConfig` field is a flag (`--lambda-cons 0.2`, `--method asl`, ...).
+`--list-methods` prints the method and backbone registries.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from trainables.config import ConfigError, TrialConfig
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float):
+    """Ray Train ScalingConfig for K DDP workers (gloo on CPU, nccl when GPUs are given)."""
+    import ray.train
+
+    resources = {"CPU": cpus_per_worker}
+    if gpus_per_worker:
+        resources["GPU"] = gpus_per_worker
+    return ray.train.ScalingConfig(num_workers=workers, use_gpu=bool(gpus_per_worker),
+                                   resources_per_worker=resources)
+
+
+def build_trainer(loop_config: dict, *, workers: int, cpus_per_worker: float = 1.0,
+                  gpus_per_worker: float = 0.0, storage_path: str, name: str,
+                  max_failures: int = 0, callbacks=None):
+    """A TorchTrainer running `train_loop_per_worker`; same name + storage resumes from its checkpoint."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainables.loop import train_loop_per_worker
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
+        scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks,
+            failure_config=ray.train.FailureConfig(max_failures=max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    for field in dataclasses.fields(TrialConfig):
+        if field.name == "extra":
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, dest=f"config_{field.name}", default=None, metavar="VALUE",
+                            help=f"TrialConfig.{field.name} (default {field.default!r})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainables.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="materialised cohort directory (python -m data.prepare)")
+    parser.add_argument("--workers", type=int, default=1, help="DDP workers (Ray Train)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--storage", default="./runs/single", help="Ray Train storage path")
+    parser.add_argument("--name", default=None, help="run name (same name + storage resumes)")
+    parser.add_argument("--address", default=None, help="Ray address ('auto' for a running cluster)")
+    parser.add_argument("--max-failures", type=int, default=1)
+    parser.add_argument("--list-methods", action="store_true", help="print methods and backbones")
+    _add_config_flags(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from trainables.backbones import BACKBONES
+    from trainables.methods import METHODS
+
+    if args.list_methods:
+        print("methods:  ", ", ".join(sorted(METHODS)))
+        print("backbones:", ", ".join(sorted(BACKBONES)))
+        return 0
+    if not args.data:
+        print("error: --data DIR is required (prepare one with `python -m data.prepare`)", file=sys.stderr)
+        return 2
+    values = {key[len("config_"):]: value for key, value in vars(args).items()
+              if key.startswith("config_") and value is not None}
+    try:
+        config = TrialConfig.from_dict(values).validate(tuple(METHODS), tuple(BACKBONES))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    cohort = Path(args.data).resolve()
+    if not (cohort / "manifest.json").is_file():
+        print(f"error: {cohort}: not a materialised cohort (no manifest.json)", file=sys.stderr)
+        return 2
+
+    import ray
+
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
+    storage = str(Path(args.storage).resolve()) if "://" not in args.storage else args.storage
+    name = args.name or f"{config.method}_{config.backbone}_{config.content_hash()}"
+    trainer = build_trainer({"trial": config.to_flat_dict(), "cohort_dir": str(cohort),
+                             "threads": max(1, int(args.cpus_per_worker))},
+                            workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                            gpus_per_worker=args.gpus_per_worker, storage_path=storage, name=name,
+                            max_failures=args.max_failures)
+    result = trainer.fit()
+    metrics = {k: v for k, v in (result.metrics or {}).items() if not k.startswith("artifact/")}
+    print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    print(f"run directory: {result.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
