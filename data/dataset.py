@@ -1,0 +1,239 @@
+"""Read side of a materialised cohort directory: `CohortData`, the torch `CohortDataset` and `collate`.
+
+`CohortData` opens the manifest, stays table and labels eagerly (small) and the large arrays
+(series values, token features) as read-only memory maps (``np.load(mmap_mode="r")``),
+opened lazily and dropped on pickling, so DataLoader workers (fork or spawn) reopen the same
+files instead of receiving a copy of the arrays.
+
+Batch dict of `collate` (CONTRACTS.md), B items::
+
+    index LongTensor B; patient LongTensor B
+    series FloatTensor B×T×76 (zero-padded after series_length; T = max length, >= 1)
+    series_length LongTensor B; has_series BoolTensor B
+    note FloatTensor B×S×D (float32, zero-padded; S >= 1); note_length LongTensor B; has_note BoolTensor B
+    labels FloatTensor B×L (clean labels)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from data.errors import CohortError
+from data.materialise import (LABELS, SERIES_OFFSETS, SERIES_VALUES, STAYS, TEXT_FOLDER, load_manifest)
+
+TOKEN_FEATURES = "token_features.npy"
+TOKEN_OFFSETS = "token_offsets.npy"
+LABEL_EMBEDDINGS = "label_embeddings.npy"
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise CohortError(f"{path}: not found; the cohort directory is incomplete (re-run `python -m data.prepare`)")
+    return path
+
+
+def _check_offsets(offsets: np.ndarray, count: int, rows: int, path: Path) -> None:
+    if offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != rows or np.any(np.diff(offsets) < 0):
+        raise CohortError(f"{path}: expected {count + 1} non-decreasing offsets from 0 to {rows}, "
+                          f"found shape {offsets.shape} ending at {offsets[-1] if len(offsets) else None}")
+
+
+class TextFeatures:
+    """One text feature set ``text/KEY``: token_offsets (int64 N+1, loaded) and token_features (memmap)."""
+
+    def __init__(self, directory: Path, key: str, count: int):
+        self.directory = Path(directory)
+        self.key = key
+        self.offsets = np.load(_require(self.directory / TOKEN_OFFSETS))
+        features = np.load(_require(self.directory / TOKEN_FEATURES), mmap_mode="r")
+        self.dim = int(features.shape[1])
+        _check_offsets(self.offsets, count, features.shape[0], self.directory / TOKEN_OFFSETS)
+        meta_path = self.directory / "meta.json"
+        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self._features: np.ndarray | None = features
+
+    @property
+    def features(self) -> np.ndarray:
+        """float16 (sum tokens)×D memory map, reopened after unpickling."""
+        if self._features is None:
+            self._features = np.load(self.directory / TOKEN_FEATURES, mmap_mode="r")
+        return self._features
+
+    def note(self, row: int) -> np.ndarray:
+        """Token features of stay ``row``: tokens×D (float16 view of the memmap)."""
+        return self.features[self.offsets[row]:self.offsets[row + 1]]
+
+    def label_embeddings(self) -> np.ndarray | None:
+        path = self.directory / LABEL_EMBEDDINGS
+        return np.load(path) if path.is_file() else None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_features"] = None
+        return state
+
+
+class CohortData:
+    """A materialised cohort directory, opened for reading (N stays, L labels, 76 channels)."""
+
+    def __init__(self, directory: str | os.PathLike, text_key: str | None = None):
+        self.directory = Path(directory)
+        self.manifest = load_manifest(self.directory)
+        self.stays = pd.read_parquet(_require(self.directory / STAYS))
+        self.num_stays = len(self.stays)
+        if self.num_stays != self.manifest["num_stays"]:
+            raise CohortError(f"{self.directory / STAYS}: {self.num_stays} rows, manifest says "
+                              f"{self.manifest['num_stays']}")
+        self.label_names: tuple[str, ...] = tuple(self.manifest["label_names"])
+        self.labels = np.load(_require(self.directory / LABELS))
+        if self.labels.shape != (self.num_stays, len(self.label_names)):
+            raise CohortError(f"{self.directory / LABELS}: shape {self.labels.shape}, expected "
+                              f"({self.num_stays}, {len(self.label_names)})")
+        self.series_offsets = np.load(_require(self.directory / SERIES_OFFSETS))
+        values = np.load(_require(self.directory / SERIES_VALUES), mmap_mode="r")
+        self.series_channels = int(values.shape[1])
+        _check_offsets(self.series_offsets, self.num_stays, values.shape[0], self.directory / SERIES_OFFSETS)
+        self._series_values: np.ndarray | None = values
+        self.patient_id = self.stays["patient_id"].to_numpy(np.int64)
+        split = self.stays["split"].to_numpy(dtype=object)
+        self.split = split
+        self.train_rows = np.flatnonzero(split == "train")
+        self.test_rows = np.flatnonzero(split == "test")
+        self.cohort_hash: str = self.manifest["cohort_hash"]
+        self._text: dict[str, TextFeatures] = {}
+        self.text_key = self.resolve_text_key(text_key)
+        self.text(self.text_key)
+
+    # ----------------------------------------------------------------------- text features
+    @property
+    def text_keys(self) -> tuple[str, ...]:
+        return tuple(self.manifest.get("text", {}).get("features", {}))
+
+    def resolve_text_key(self, key: str | None) -> str:
+        """None or "" -> the manifest's default key; a key not in the manifest -> CohortError."""
+        if not key:
+            key = self.manifest.get("text", {}).get("default_key")
+            if not key:
+                raise CohortError(f"{self.directory / 'manifest.json'}: field 'text.default_key' is empty; "
+                                  "the cohort has no text features")
+        if key not in self.text_keys:
+            raise CohortError(f"{self.directory / 'manifest.json'}: text feature key {key!r} not found; "
+                              f"available: {list(self.text_keys)} (prepare with that encoder/max_tokens)")
+        return key
+
+    def text(self, key: str | None = None) -> TextFeatures:
+        key = self.resolve_text_key(key or self.text_key)
+        if key not in self._text:
+            self._text[key] = TextFeatures(self.directory / TEXT_FOLDER / key, key, self.num_stays)
+        return self._text[key]
+
+    @property
+    def note_dim(self) -> int:
+        return self.text().dim
+
+    def label_embeddings(self, key: str | None = None) -> np.ndarray | None:
+        """float32 L×D mean-pooled label-name encodings of the text feature set (None if absent)."""
+        return self.text(key).label_embeddings()
+
+    # ----------------------------------------------------------------------- series
+    @property
+    def series_values(self) -> np.ndarray:
+        """float32 (sum bins)×76 memory map, reopened after unpickling."""
+        if self._series_values is None:
+            self._series_values = np.load(self.directory / SERIES_VALUES, mmap_mode="r")
+        return self._series_values
+
+    def series(self, row: int) -> np.ndarray:
+        """Discretised z-scored series of stay ``row``: bins×76 (view of the memmap)."""
+        return self.series_values[self.series_offsets[row]:self.series_offsets[row + 1]]
+
+    def rows(self, split: str) -> np.ndarray:
+        """Row indices (int64) of the stays of ``split`` ("train" | "test" | "all")."""
+        if split == "train":
+            return self.train_rows
+        if split == "test":
+            return self.test_rows
+        if split == "all":
+            return np.arange(self.num_stays)
+        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_series_values"] = None
+        return state
+
+
+class CohortDataset(Dataset):
+    """torch Dataset over some stays of a `CohortData`; items are dicts (see module docstring)."""
+
+    def __init__(self, data: CohortData, rows: str | Sequence[int] | np.ndarray, text_key: str | None = None,
+                 max_series_bins: int | None = None, max_note_tokens: int | None = None):
+        self.data = data
+        self.rows = data.rows(rows) if isinstance(rows, str) else np.asarray(rows, dtype=np.int64)
+        if len(self.rows) and (self.rows.min() < 0 or self.rows.max() >= data.num_stays):
+            raise IndexError(f"row indices must lie in 0..{data.num_stays - 1}")
+        self.text_key = data.resolve_text_key(text_key) if text_key else data.text_key
+        self.text = data.text(self.text_key)
+        if max_series_bins is not None and max_series_bins < 1:
+            raise ValueError(f"max_series_bins must be >= 1 or None, got {max_series_bins}")
+        if max_note_tokens is not None and max_note_tokens < 1:
+            raise ValueError(f"max_note_tokens must be >= 1 or None, got {max_note_tokens}")
+        self.max_series_bins = max_series_bins
+        self.max_note_tokens = max_note_tokens
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int) -> dict:
+        row = int(self.rows[position])
+        series = self.data.series(row)
+        if self.max_series_bins is not None:
+            series = series[-self.max_series_bins:] if len(series) else series
+        note = self.text.note(row)
+        if self.max_note_tokens is not None:
+            note = note[:self.max_note_tokens]
+        return {
+            "index": row,
+            "patient": int(self.data.patient_id[row]),
+            "series": torch.from_numpy(np.array(series, dtype=np.float32)),
+            "series_length": len(series),
+            "has_series": len(series) > 0,
+            "note": torch.from_numpy(np.array(note, dtype=np.float32)),
+            "note_length": len(note),
+            "has_note": len(note) > 0,
+            "labels": torch.from_numpy(self.data.labels[row].astype(np.float32)),
+        }
+
+
+def collate(items: Sequence[dict]) -> dict[str, torch.Tensor]:
+    """List of B dataset items -> batch dict (zero padding; T, S >= 1 even if a modality is all missing)."""
+    count = len(items)
+    if count == 0:
+        raise ValueError("collate needs at least one item")
+    series_length = torch.tensor([item["series_length"] for item in items], dtype=torch.long)
+    note_length = torch.tensor([item["note_length"] for item in items], dtype=torch.long)
+    channels = items[0]["series"].shape[1]
+    dim = items[0]["note"].shape[1]
+    series = torch.zeros(count, max(1, int(series_length.max())), channels, dtype=torch.float32)
+    note = torch.zeros(count, max(1, int(note_length.max())), dim, dtype=torch.float32)
+    for position, item in enumerate(items):
+        series[position, :item["series_length"]] = item["series"]
+        note[position, :item["note_length"]] = item["note"]
+    return {
+        "index": torch.tensor([item["index"] for item in items], dtype=torch.long),
+        "patient": torch.tensor([item["patient"] for item in items], dtype=torch.long),
+        "series": series,
+        "series_length": series_length,
+        "has_series": series_length > 0,
+        "note": note,
+        "note_length": note_length,
+        "has_note": note_length > 0,
+        "labels": torch.stack([item["labels"] for item in items]),
+    }

@@ -1,0 +1,181 @@
+"""Command line and library entry: source -> materialised cohort directory (ARCHITECTURE flow step 1).
+
+    python -m data.prepare --source synthetic --out DIR            # embedded default cohort
+    python -m data.prepare --source mimic3:PATH --out DIR [--notes notes.parquet]
+    python -m data.prepare --source mimic4:LISTFILE[,TSDIR] --out DIR [--split-seed S]
+
+``synthetic`` first writes the generated cohort in the mimic3-benchmarks phenotyping layout
+into ``DIR/source/`` (`data.synthetic.generate_synthetic_cohort`) and then reads it with
+`data.readers.read_mimic3_phenotyping`, the very reader a MIMIC-III user runs. Sources without
+a split (MIMIC-IV) get a patient-wise 8:2 split (`data.split.assign_split`, ``--split-seed``).
+Then `data.materialise.materialise` discretises, z-scores, hashes, writes and encodes the notes
+(reusing an identical cohort and existing text features).
+
+The CLI logs progress, one ``stage NAME: S s`` line per stage, whether the text features were
+reused, and prints the output directory last. Bad input exits with code 2 and the
+`data.errors.CohortError` message (no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+from data.cohort import Cohort
+from data.errors import CohortError
+from data.materialise import load_manifest, materialise
+from data.readers import UNKNOWN_CATEGORY_POLICIES, read_mimic3_phenotyping, read_mimic4_multimodal
+from data.split import assign_split
+
+logger = logging.getLogger("data.prepare")
+
+SOURCE_FORMS = "synthetic | mimic3:PATH | mimic4:LISTFILE[,TSDIR]"
+STAGES = ("generate", "read", "discretise", "write", "text")
+
+
+def parse_source(source: str) -> tuple[str, list[str]]:
+    """'synthetic' | 'mimic3:PATH' | 'mimic4:LISTFILE[,TSDIR]' -> (kind, arguments)."""
+    kind, _, rest = source.partition(":")
+    kind = kind.strip().lower()
+    if kind == "synthetic" and not rest:
+        return kind, []
+    if kind == "mimic3" and rest:
+        return kind, [rest]
+    if kind == "mimic4" and rest:
+        parts = rest.split(",")
+        if len(parts) <= 2 and all(parts):
+            return kind, parts
+    raise CohortError(f"--source {source!r}: expected {SOURCE_FORMS}")
+
+
+def _summary_dict(summary) -> dict | str:
+    if hasattr(summary, "to_json_dict"):
+        return summary.to_json_dict()
+    return asdict(summary) if is_dataclass(summary) else str(summary)
+
+
+def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = None, patients: int = 1600,
+                hours: int = 48, seed: int = 0, test_fraction: float = 0.2, split_seed: int = 0,
+                unknown_categories: str = "error", drop_bad_stays: bool = False,
+                progress: bool = True) -> Cohort:
+    """Source string -> Cohort with a split (synthetic files are generated into ``out/source``)."""
+    kind, arguments = parse_source(source)
+    options = dict(unknown_categories=unknown_categories, drop_bad_stays=drop_bad_stays, progress=progress)
+    generate_seconds = None
+    if kind == "synthetic":
+        from data.synthetic import generate_synthetic_cohort
+        started = time.perf_counter()
+        summary = generate_synthetic_cohort(out / "source", num_patients=patients, max_hours=hours, seed=seed,
+                                            test_fraction=test_fraction)
+        generate_seconds = time.perf_counter() - started
+        logger.info("generated synthetic cohort (%d patients, %d h, seed %d) in %s", patients, hours, seed,
+                    out / "source")
+        cohort = read_mimic3_phenotyping(out / "source", notes, **options)
+        cohort.source["synthetic"] = {"num_patients": patients, "max_hours": hours, "seed": seed,
+                                      "test_fraction": test_fraction,
+                                      "summary": _summary_dict(summary)}
+    elif kind == "mimic3":
+        cohort = read_mimic3_phenotyping(arguments[0], notes, **options)
+    else:
+        if notes is not None:
+            raise CohortError("--notes applies to synthetic and mimic3 sources; a MIMIC-IV listfile carries "
+                              "its notes in a past_medical_history/note/text column")
+        cohort = read_mimic4_multimodal(arguments[0], arguments[1] if len(arguments) > 1 else None, **options)
+    if generate_seconds is not None:
+        cohort.timings = {"generate": generate_seconds, **cohort.timings}
+    assign_split(cohort, test_fraction=test_fraction, seed=split_seed)
+    return cohort
+
+
+def prepare_cohort(source: str, out: str | os.PathLike, *, notes: str | os.PathLike | None = None,
+                   encoder: str | None = None, max_tokens: int = 512, max_bins: int = 512,
+                   patients: int = 1600, hours: int = 48, seed: int = 0, test_fraction: float = 0.2,
+                   split_seed: int = 0, text_batch_size: int = 64, unknown_categories: str = "error",
+                   drop_bad_stays: bool = False, progress: bool = True) -> Path:
+    """Read ``source``, assign a split, materialise into ``out``; returns the cohort directory."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cohort = read_source(source, out, notes=notes, patients=patients, hours=hours, seed=seed,
+                         test_fraction=test_fraction, split_seed=split_seed,
+                         unknown_categories=unknown_categories, drop_bad_stays=drop_bad_stays, progress=progress)
+    logger.info("read %d stays of %d patients (%d dropped)", cohort.num_stays,
+                cohort.stays["patient_id"].nunique(), len(cohort.dropped))
+    return materialise(cohort, out, max_bins=max_bins, encoder=encoder, max_tokens=max_tokens,
+                       text_batch_size=text_batch_size, progress=progress)
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean bad input (exit 2): CohortError and the text encoder's TextFeatureError."""
+    errors: tuple[type[Exception], ...] = (CohortError,)
+    try:
+        from data.text_features import TextFeatureError
+    except ImportError:  # pragma: no cover - text_features is part of the package
+        return errors
+    return errors + (TextFeatureError,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default="synthetic", help=f"{SOURCE_FORMS} (default synthetic)")
+    parser.add_argument("--out", required=True, type=Path, help="cohort directory to write (or reuse)")
+    parser.add_argument("--notes", default=None, help="notes table (CSV or parquet, columns stay,text)")
+    parser.add_argument("--encoder", default=None, help="text encoder: Hugging Face id or path "
+                        "(default: data.text_features.DEFAULT_ENCODER)")
+    parser.add_argument("--max-tokens", type=int, default=512, help="tokens kept per note (default 512)")
+    parser.add_argument("--max-bins", type=int, default=512, help="last hourly bins kept per stay (default 512)")
+    parser.add_argument("--text-batch-size", type=int, default=64, help="notes per encoder batch (default 64)")
+    parser.add_argument("--patients", type=int, default=1600, help="synthetic: number of patients")
+    parser.add_argument("--hours", type=int, default=48, help="synthetic: maximum stay length in hours")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic: generator seed")
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="share of patients in test (0.2)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the patient-wise split for sources "
+                        "without one (MIMIC-IV)")
+    parser.add_argument("--unknown-categories", choices=UNKNOWN_CATEGORY_POLICIES, default="error",
+                        help="unknown categorical values: error (default) or read as missing and count")
+    parser.add_argument("--drop-bad-stays", action="store_true", help="drop stays with a bad series file "
+                        "(recorded with the reason in the manifest) instead of stopping")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if arguments.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    started = time.perf_counter()
+    try:
+        out = prepare_cohort(arguments.source, arguments.out, notes=arguments.notes, encoder=arguments.encoder,
+                             max_tokens=arguments.max_tokens, max_bins=arguments.max_bins,
+                             patients=arguments.patients, hours=arguments.hours, seed=arguments.seed,
+                             test_fraction=arguments.test_fraction, split_seed=arguments.split_seed,
+                             text_batch_size=arguments.text_batch_size,
+                             unknown_categories=arguments.unknown_categories,
+                             drop_bad_stays=arguments.drop_bad_stays, progress=not arguments.quiet)
+    except _input_errors() as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    manifest = load_manifest(out)
+    timings = manifest["timings"]
+    for stage in STAGES:
+        if stage in timings:
+            logger.info("stage %s: %.2f s", stage, timings[stage])
+    key = manifest["text"]["default_key"]
+    if manifest["reused"]["text"]:
+        logger.info("text features %s reused", key)
+    else:
+        notes = manifest["num_stays"] - manifest["missingness"]["all"]["without_note"]
+        logger.info("encoded %d notes in %.1f s", notes, timings.get("text", 0.0))
+    logger.info("cohort %s: %d stays, %d patients, hash %s%s (total %.1f s)", out, manifest["num_stays"],
+                manifest["num_patients"], manifest["cohort_hash"][:12],
+                " (reused)" if manifest["reused"]["cohort"] else "", time.perf_counter() - started)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

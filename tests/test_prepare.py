@@ -1,0 +1,143 @@
+"""`python -m data.prepare` / `prepare_cohort`: sources, exit codes, logging, end to end."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import data.materialise as materialise_module
+from data.dataset import CohortData, CohortDataset, collate
+from data.errors import CohortError
+from data.materialise import load_manifest
+from data.prepare import main, parse_source, prepare_cohort
+from data.schema import TIMESERIES_HEADER
+
+HAS_SYNTHETIC = importlib.util.find_spec("data.synthetic") is not None
+HAS_TEXT_FEATURES = importlib.util.find_spec("data.text_features") is not None
+
+
+def fake_text(cohort_dir, texts, *, label_names, encoder, max_tokens, batch_size, progress):
+    key = f"fake-{max_tokens}"
+    target = Path(cohort_dir) / "text" / key
+    if (target / "meta.json").is_file():
+        return SimpleNamespace(key=key, reused=True, path=target, seconds=0.0)
+    target.mkdir(parents=True)
+    counts = np.array([min(len(t.split()), max_tokens) for t in texts], dtype=np.int64)
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    np.save(target / "token_features.npy", np.ones((offsets[-1], 2), np.float16))
+    np.save(target / "token_offsets.npy", offsets)
+    np.save(target / "label_embeddings.npy", np.ones((len(label_names), 2), np.float32))
+    (target / "meta.json").write_text(json.dumps({"encoder": "fake", "revision": "0", "max_tokens": max_tokens,
+                                                  "dim": 2}))
+    return SimpleNamespace(key=key, reused=False, path=target, seconds=0.0)
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    monkeypatch.setattr(materialise_module, "_ensure_text_features",
+                        lambda out, notes, **kw: fake_text(out, notes, **kw))
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("synthetic", ("synthetic", [])),
+    ("mimic3:/data/phenotyping", ("mimic3", ["/data/phenotyping"])),
+    ("mimic4:/d/list.csv", ("mimic4", ["/d/list.csv"])),
+    ("mimic4:/d/list.csv,/d/ehr", ("mimic4", ["/d/list.csv", "/d/ehr"])),
+])
+def test_parse_source(text, expected):
+    assert parse_source(text) == expected
+
+
+@pytest.mark.parametrize("text", ["mimic3", "mimic3:", "eicu:/x", "mimic4:a,b,c", "synthetic:x"])
+def test_parse_source_rejects(text):
+    with pytest.raises(CohortError, match="expected synthetic"):
+        parse_source(text)
+
+
+def write_mimic4(folder: Path, labels: list[list[int]]) -> Path:
+    (folder / "ehr").mkdir(parents=True)
+    header = ",".join(TIMESERIES_HEADER)
+    names = []
+    for index in range(len(labels)):
+        name = f"{index}_episode1_timeseries.csv"
+        (folder / "ehr" / name).write_text(f"{header}\n0.5{',' * 9}{80 + index}{',' * 8}\n")
+        names.append(name)
+    table = pd.DataFrame({"subject_id": np.arange(len(labels)) // 2 + 100, "stay_id": np.arange(len(labels)) + 5000,
+                          "time_series": names, "period_length": 2.0,
+                          "past_medical_history": [f"note number {i}" for i in range(len(labels))]})
+    for column, values in zip(("A", "B"), np.asarray(labels).T):
+        table[column] = values
+    table.to_csv(folder / "list.csv", index=False)
+    return folder / "list.csv"
+
+
+def test_cli_bad_input_exits_2_with_the_message(tmp_path, capsys, fake_encoder):
+    listfile = write_mimic4(tmp_path / "src", [[1, 0], [0, 2], [1, 1], [0, 0]])
+    code = main(["--source", f"mimic4:{listfile}", "--out", str(tmp_path / "out"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "list.csv: line 3, column 'B': expected a label in {-1, 0, 1}, found '2'" in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+    assert main(["--source", "nonsense", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+
+
+def test_prepare_mimic4_assigns_a_patient_split(tmp_path, fake_encoder):
+    labels = [[1, -1], [0, 1], [1, 1], [0, 0], [-1, 0], [1, 0], [0, 1], [1, 1], [0, 0], [1, 0]]
+    listfile = write_mimic4(tmp_path / "src", labels)
+    out = prepare_cohort(f"mimic4:{listfile},{tmp_path / 'src' / 'ehr'}", tmp_path / "out", split_seed=1,
+                         max_tokens=8, progress=False)
+    manifest = load_manifest(out)
+    assert manifest["num_stays"] == 10 and manifest["num_patients"] == 5
+    assert manifest["source"]["uncertain_labels_read_as_zero"] == 2
+    assert manifest["source"]["split"]["seed"] == 1
+    stays = pd.read_parquet(out / "stays.parquet")
+    assert (stays.groupby("patient_id")["split"].nunique() == 1).all()
+    assert stays.loc[stays["split"] == "test", "patient_id"].nunique() == 1  # ceil(0.2 * 5)
+    np.testing.assert_array_equal(np.load(out / "labels.npy"), np.maximum(np.asarray(labels), 0))
+
+
+@pytest.mark.skipif(not HAS_SYNTHETIC, reason="data.synthetic (another helper's module) is not written yet")
+def test_cli_synthetic_logs_stages_and_reuse(tmp_path, caplog, capsys, fake_encoder):
+    arguments = ["--source", "synthetic", "--out", str(tmp_path / "c"), "--patients", "12", "--hours", "8",
+                 "--max-tokens", "16", "--quiet"]
+    with caplog.at_level(logging.INFO, logger="data.prepare"):
+        assert main(arguments) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "c")
+    messages = [r.getMessage() for r in caplog.records if r.name == "data.prepare"]
+    for stage in ("generate", "read", "discretise", "write", "text"):
+        assert any(m.startswith(f"stage {stage}: ") and m.endswith(" s") for m in messages), stage
+    assert any(m.startswith("encoded ") and " notes in " in m for m in messages)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="data.prepare"):
+        assert main(arguments) == 0
+    messages = [r.getMessage() for r in caplog.records if r.name == "data.prepare"]
+    assert "text features fake-16 reused" in messages
+    manifest = load_manifest(tmp_path / "c")
+    assert manifest["reused"] == {"cohort": True, "text": True}
+    assert manifest["source"]["format"] == "mimic3-benchmarks-phenotyping"
+    assert manifest["source"]["synthetic"]["num_patients"] == 12
+
+
+@pytest.mark.skipif(not (HAS_SYNTHETIC and HAS_TEXT_FEATURES),
+                    reason="data.synthetic / data.text_features (other helpers' modules) are not written yet")
+def test_end_to_end_tiny_synthetic_with_the_real_encoder(tmp_path):
+    out = prepare_cohort("synthetic", tmp_path / "c", patients=8, hours=6, max_tokens=24, progress=False)
+    manifest = load_manifest(out)
+    first_hash = manifest["cohort_hash"]
+    assert manifest["reused"] == {"cohort": False, "text": False}
+    data = CohortData(out)
+    assert data.note_dim == manifest["text"]["features"][data.text_key]["dim"] > 0
+    assert data.label_embeddings().shape == (25, data.note_dim)
+    batch = collate([item for item in CohortDataset(data, "train", max_note_tokens=10)])
+    assert batch["series"].shape[2] == 76 and batch["note"].shape[1] <= 10
+    assert batch["labels"].shape[1] == 25
+    assert (batch["note_length"] > 0).tolist() == data.stays.loc[data.train_rows, "has_note"].tolist()
+    again = prepare_cohort("synthetic", tmp_path / "c", patients=8, hours=6, max_tokens=24, progress=False)
+    manifest = load_manifest(again)
+    assert manifest["cohort_hash"] == first_hash and manifest["reused"] == {"cohort": True, "text": True}
