@@ -97,9 +97,14 @@ def balanced_rho_neg(rho_pos: float, l_avg: float, num_labels: int) -> float:
     _check_rate("rho_pos", rho_pos)
     if not isinstance(num_labels, (int, np.integer)) or num_labels < 1:
         raise NoiseError(f"num_labels = {num_labels!r}: expected a positive integer")
-    if not (math.isfinite(l_avg) and 0.0 <= l_avg < num_labels):
+    if not (math.isfinite(l_avg) and 0.0 <= l_avg <= num_labels):
         raise NoiseError(f"l_avg = {l_avg!r}: expected the mean number of positives per instance, "
-                         f"in [0, num_labels={num_labels})")
+                         f"in [0, num_labels={num_labels}]")
+    if rho_pos == 0:
+        return 0.0
+    if l_avg == num_labels:
+        raise NoiseError(f"l_avg = {l_avg!r} = num_labels: every label is positive, so the balanced "
+                         "rho_neg = rho_pos*l_avg/(L-l_avg) is undefined; use rho_pos = 0")
     rho_neg = rho_pos * l_avg / (num_labels - l_avg)
     if rho_neg >= 1.0:
         raise NoiseError(f"balanced noise: rho_neg = rho_pos*l_avg/(L-l_avg) = {rho_neg:.4f} "

@@ -159,7 +159,7 @@ def test_balanced_rho_neg_matches_paper_value():
 def test_balanced_noise_derives_rho_neg_from_clean_labels(realistic_labels):
     l_avg = realistic_labels.sum() / realistic_labels.shape[0]
     expected_neg = 0.2 * l_avg / (25 - l_avg)
-    result = apply_noise(realistic_labels, "balanced", 0.2, 0.9, seed=5)   # rho_neg argument ignored
+    result = apply_noise(realistic_labels, "balanced", 0.2, 0.9, seed=5)   # rho_neg is ignored
     assert result.rho_neg == pytest.approx(expected_neg, rel=1e-12)
     flipped_pos, num_pos, flipped_neg, num_neg = counts(realistic_labels, result)
     assert_rate_in_ci(flipped_pos, num_pos, 0.2)
