@@ -1,0 +1,491 @@
+"""``python -m analysis.report RUN_DIR``: every table and figure a run's results allow, in one report.md.
+
+Reads ``RUN_DIR/results.parquet`` (or the Tune experiment directory, `analysis.collect`),
+decides from the ``sweep`` column which of the paper's outputs apply, and writes
+``report.md`` with tables (also as Markdown/CSV/LaTeX under ``tables/``) and figures (PNG and
+SVG under ``figures/``):
+
+=================  ===========================================================================
+sweep              outputs
+=================  ===========================================================================
+main               Tables 2/3/10 for mAP, F1, F1_class; Tables 7/8 (significance); Table 6
+lambda_cons        Fig. 3 (λ_cons sensitivity) and the table of the curve
+alpha              α sensitivity figure and table
+ablation           Table 4
+stability          Table 9
+other names        a method × noise-setting table, plus a sensitivity figure per numeric factor
+any sweep with     Fig. 4 (correction accuracy per epoch) and set sizes; Fig. 5/7 histograms
+correction data    where trials stored selection artifacts
+=================  ===========================================================================
+
+followed by the exact configurations (constant and varying ``config/*`` columns, and one CSV
+row per trial), the nominal and realised noise rates per setting, and provenance (code
+version, dirty flag, cohort hash, text encoder and revision, library versions).
+A sweep with expected cells missing is an error unless ``--allow-partial`` (then the missing
+cells are listed and marked in the tables).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.artifacts import ArtifactError, load_selection_artifact
+from analysis.collect import (METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, IncompleteSweepError, ResultsError,
+                              annotate, config_columns, design_factors, format_cell, last_epoch,
+                              load_results, missing_by_sweep, noise_setting_order, varying_and_constant)
+from analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, has_columns,
+                              save_figure, selection_components_plot, selection_histogram_plot,
+                              sensitivity_plot, set_size_plot)
+from analysis.labels import REFERENCE_METHOD
+from analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, metric_name,
+                             noise_rate_table, runtime_table, sensitivity_table, significance_report, slug,
+                             stability_table)
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILENAME = "report.md"
+KNOWN_SWEEPS = ("main", "lambda_cons", "alpha", "ablation", "stability")
+COMPARISON_METRICS = ("test/mAP", "test/F1", "test/F1_class")
+# METHOD §7 defaults: per-epoch diagnostics of a sensitivity sweep are shown at these values.
+PAPER_DEFAULTS: dict[str, float] = {"config/lambda_cons": 0.1, "config/alpha": 0.5}
+SEED_LIKE = {SEED_COLUMN, "config/gmm_seed", "config/noise_seed"}
+PROVENANCE_COLUMNS = ("provenance/code_version", "provenance/code_dirty", "provenance/cohort_hash",
+                      "provenance/text_encoder", "provenance/text_encoder_revision", "provenance/config_hash")
+MAX_ARTIFACT_FIGURES = 4
+
+
+class _Writer:
+    """Collects Markdown lines and writes tables/figures next to the report."""
+
+    def __init__(self, out_dir: Path):
+        self.out_dir = out_dir
+        self.lines: list[str] = []
+        self.tables_dir = out_dir / "tables"
+        self.figures_dir = out_dir / "figures"
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def heading(self, level: int, text: str) -> None:
+        self.lines.extend(["", f"{'#' * level} {text}", ""])
+
+    def table(self, table: Table, prefix: str = "") -> None:
+        if prefix:
+            table.name = f"{prefix}_{table.name}"
+        paths = table.write(self.tables_dir)
+        self.lines.append(table.to_markdown())
+        links = ", ".join(f"[{kind}]({path.relative_to(self.out_dir).as_posix()})" for kind, path in paths.items()
+                          if kind != "md")
+        self.lines.extend(["", f"<sub>{links}</sub>", ""])
+
+    def figure(self, figure: Any, name: str, caption: str) -> None:
+        paths = save_figure(figure, self.figures_dir / name)
+        png = next(path for path in paths if path.suffix == ".png")
+        svg = [path for path in paths if path.suffix == ".svg"]
+        self.lines.append(f"![{caption}]({png.relative_to(self.out_dir).as_posix()})")
+        if svg:
+            self.lines.append(f"<sub>{caption} ([svg]({svg[0].relative_to(self.out_dir).as_posix()}))</sub>")
+        self.lines.append("")
+
+    def note(self, text: str) -> None:
+        self.lines.extend([f"> {text}", ""])
+
+    def write(self) -> Path:
+        path = self.out_dir / REPORT_FILENAME
+        path.write_text("\n".join(self.lines).strip() + "\n")
+        return path
+
+
+def _value_text(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "None"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):g}"
+    return str(value)
+
+
+def _key_value_table(name: str, title: str, items: Mapping[str, Any], header: tuple[str, str]) -> Table:
+    text = pd.DataFrame({header[1]: [_value_text(value) for value in items.values()]},
+                        index=pd.Index(list(items), name=header[0]))
+    return Table(name, title, text)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+def _run_section(writer: _Writer, frame: pd.DataFrame, source: str) -> None:
+    writer.heading(2, "Run")
+    trials = last_epoch(frame)
+    writer.add(f"- results: `{source}`",
+               f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+               f"- sweeps: {', '.join(f'`{name}`' for name in sorted(frame['sweep'].unique()))}",
+               f"- trials: {len(trials)} ({', '.join(f'{status} {count}' for status, count in trials['status'].value_counts().items())}); "
+               f"epoch rows: {len(frame)}")
+
+
+def _completeness_section(writer: _Writer, missing: list[dict[str, Any]], frame: pd.DataFrame,
+                          inferred: bool) -> None:
+    writer.heading(2, "Completeness")
+    how = ("expected cells = the product of each sweep's observed methods, noise settings, seeds and "
+           "other design factors" if inferred else "expected cells as given by the caller")
+    if not missing:
+        writer.add(f"All expected cells have a finished trial ({how}).")
+        return
+    writer.add(f"**{len(missing)} expected cell(s) have no finished trial** ({how}); tables mark the "
+               "affected cells with † and empty ones with —:", "")
+    writer.add(*[f"- {format_cell(cell)}" for cell in missing[:200]])
+    if len(missing) > 200:
+        writer.add(f"- … and {len(missing) - 200} more")
+    failed = last_epoch(frame).loc[lambda rows: rows["status"] != "TERMINATED", ["trial_id", "status", "epoch"]]
+    if not failed.empty:
+        writer.add("", "Trials that did not finish:", "")
+        writer.add(*[f"- `{row.trial_id}`: {row.status} after epoch {row.epoch}" for row in failed.itertuples()])
+
+
+def _missing_for(missing: Iterable[Mapping[str, Any]], sweep: str) -> list[dict[str, Any]]:
+    return [dict(cell) for cell in missing if cell.get("sweep", sweep) == sweep]
+
+
+def _main_sections(writer: _Writer, finals: pd.DataFrame, sweep: str, metric: str, paired: bool,
+                   missing: list[dict[str, Any]]) -> None:
+    metrics = [metric] + [name for name in COMPARISON_METRICS if name != metric]
+    for name in metrics:
+        if name not in finals.columns or finals[name].notna().sum() == 0:
+            continue
+        suffix = " (Tables 2/3/10)" if name == "test/mAP" else ""
+        writer.heading(3, f"Comparison: test {metric_name(name)}{suffix}")
+        writer.table(comparison_table(finals, name, paired=paired, missing=missing), prefix=sweep)
+    if REFERENCE_METHOD in set(finals[METHOD_LABEL]):
+        for name in metrics:
+            if name not in finals.columns or finals[name].notna().sum() == 0:
+                continue
+            suffix = " (Tables 7/8)" if name == metric else ""
+            writer.heading(3, f"Significance vs second-best: test {metric_name(name)}{suffix}")
+            writer.table(significance_report(finals, name, paired=paired), prefix=sweep)
+    if "time/trial_wall_s" in finals.columns and finals["time/trial_wall_s"].notna().any():
+        writer.heading(3, "Computation time (Table 6)")
+        writer.table(runtime_table(finals), prefix=sweep)
+
+
+def _sensitivity_sections(writer: _Writer, finals: pd.DataFrame, sweep: str, parameter: str,
+                          metric: str) -> None:
+    bare = parameter.removeprefix("config/")
+    symbol = {"lambda_cons": "λ_cons", "alpha": "α"}.get(bare, bare)
+    reference = " (Fig. 3)" if bare == "lambda_cons" else ""
+    writer.heading(3, f"Sensitivity to {symbol}{reference}")
+    methods = sorted(finals[METHOD_LABEL].unique())
+    for method in methods:
+        subset = finals.loc[finals[METHOD_LABEL] == method]
+        label = "" if len(methods) == 1 else f"_{slug(method)}"
+        title = f"Impact of {symbol}" + ("" if len(methods) == 1 else f" ({method})")
+        figure = sensitivity_plot(subset, bare, metric, output=None, title=title)
+        writer.figure(figure, f"{sweep}_sensitivity_{slug(bare)}{label}",
+                      f"{title}: last-epoch test {metric_name(metric)}, mean ± std across seeds")
+        table = sensitivity_table(subset, bare, metric, name=f"sensitivity_{slug(bare)}{label}_{slug(metric)}")
+        writer.table(table, prefix=sweep)
+
+
+def _diagnostic_rows(frame: pd.DataFrame, factors: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Rows for per-epoch diagnostics: MIRACL's if present; sweep factors held at the paper default."""
+    rows = frame
+    if REFERENCE_METHOD in set(rows[METHOD_LABEL]):
+        rows = rows.loc[rows[METHOD_LABEL] == REFERENCE_METHOD]
+    held = []
+    for factor in factors:
+        if factor in (METHOD_LABEL, NOISE_SETTING) or factor in SEED_LIKE:
+            continue
+        values = rows[factor].dropna().unique()
+        if len(values) <= 1:
+            continue
+        default = PAPER_DEFAULTS.get(factor)
+        keep = default if default is not None and np.isclose(values.astype(float), default).any() else values[0]
+        rows = rows.loc[np.isclose(rows[factor].astype(float), float(keep))] if np.issubdtype(
+            np.asarray(values).dtype, np.number) else rows.loc[rows[factor] == keep]
+        held.append(f"{factor.removeprefix('config/')} = {_value_text(keep)}")
+    return rows, held
+
+
+def _diagnostics_sections(writer: _Writer, frame: pd.DataFrame, sweep: str, factors: Sequence[str],
+                          run_dir: Path | None) -> None:
+    columns = [column for column, _, _ in CORRECTION_CURVES]
+    if not has_columns(frame, columns + [column for column, _, _ in SET_SIZE_CURVES]):
+        return
+    rows, held = _diagnostic_rows(frame, factors)
+    where = f" (shown at {', '.join(held)})" if held else ""
+    if has_columns(rows, columns):
+        writer.heading(3, "Correction diagnostics (Fig. 4)")
+        writer.add("Per epoch on the train split: accuracy of corrected labels on pairs the noise left "
+                   "unchanged (blue), on flipped pairs after correction (orange), and of the uncorrected "
+                   f"prediction on flipped pairs (green); mean ± std across seeds{where}.", "")
+        writer.figure(correction_accuracy_plot(rows), f"{sweep}_correction_accuracy",
+                      "Correction accuracy per epoch")
+    if has_columns(rows, [column for column, _, _ in SET_SIZE_CURVES]):
+        writer.heading(3, "Selection set sizes per epoch")
+        writer.add(f"Sizes of the clean / uncertain / noisy sets and the noisy set's recall and precision "
+                   f"against the true flips{where}.", "")
+        writer.figure(set_size_plot(rows), f"{sweep}_set_sizes", "Set sizes per epoch")
+    _artifact_sections(writer, rows, sweep, run_dir)
+
+
+def _artifact_sections(writer: _Writer, rows: pd.DataFrame, sweep: str, run_dir: Path | None) -> None:
+    column = "artifact/selection_path"
+    if column not in rows.columns:
+        return
+    stored = rows.loc[rows[column].fillna("").astype(str) != ""]
+    if stored.empty:
+        return
+    writer.heading(3, "Selection-metric distributions (Fig. 5/7)")
+    shown = 0
+    for setting in noise_setting_order(stored):
+        if shown >= MAX_ARTIFACT_FIGURES:
+            writer.note(f"further artifacts not shown (limit {MAX_ARTIFACT_FIGURES})")
+            break
+        subset = stored.loc[stored[NOISE_SETTING] == setting].sort_values([SEED_COLUMN, "epoch"])
+        first_trial = subset["trial_id"].iloc[0]
+        row = subset.loc[subset["trial_id"] == first_trial].iloc[-1]
+        path = Path(str(row[column]))
+        if not path.is_absolute() and run_dir is not None:
+            path = run_dir / path
+        try:
+            artifact = load_selection_artifact(path)
+        except ArtifactError as error:
+            writer.note(f"{row[METHOD_LABEL]}, {setting}: {error}")
+            continue
+        caption = (f"{row[METHOD_LABEL]}, {setting}, seed {_value_text(row[SEED_COLUMN])}, epoch "
+                   f"{artifact.epoch if artifact.epoch is not None else row['epoch']}: Z̃ histograms by partition "
+                   "with the fitted 2-component GMM")
+        name = f"{sweep}_selection_{slug(setting)}"
+        writer.figure(selection_histogram_plot(artifact, title=caption), name, caption)
+        if artifact.flipped is not None and artifact.components:
+            writer.figure(selection_components_plot(artifact, 0), f"{name}_components",
+                          f"{row[METHOD_LABEL]}, {setting}: selection-metric components, clean vs flipped pairs")
+        shown += 1
+
+
+def _config_section(writer: _Writer, frame: pd.DataFrame) -> None:
+    writer.heading(2, "Configurations")
+    finals = last_epoch(frame)
+    for sweep, group in finals.groupby("sweep", sort=True):
+        columns = config_columns(group)
+        varying, constant = varying_and_constant(group, columns)
+        writer.heading(3, f"Sweep `{sweep}`")
+        listing = group[["trial_id", "status", "epoch", *columns]]
+        path = writer.tables_dir / f"{sweep}_trial_configs.csv"
+        writer.tables_dir.mkdir(parents=True, exist_ok=True)
+        listing.to_csv(path, index=False)
+        writer.add(f"{len(group)} trials; full config of every trial: "
+                   f"[{path.relative_to(writer.out_dir).as_posix()}]({path.relative_to(writer.out_dir).as_posix()}).", "")
+        if varying:
+            shown = [column for column in varying if column not in SEED_LIKE]
+            writer.add("Varying fields: " + "; ".join(
+                f"`{column.removeprefix('config/')}` ∈ {{{', '.join(_value_text(value) for value in dict.fromkeys(group[column].tolist()))}}}"
+                for column in varying), "")
+            if shown:
+                combos = (group[shown].astype(object).map(_value_text).value_counts(sort=False).reset_index(name="trials"))
+                combos.columns = [column.removeprefix("config/") for column in shown] + ["trials"]
+                table = Table(f"{sweep}_varying_configs", f"Distinct configurations of sweep {sweep}",
+                              combos.set_index(combos.columns[0]).astype(str))
+                writer.add("<details><summary>distinct combinations of the varying fields "
+                           f"({len(combos)})</summary>", "")
+                writer.table(table)
+                writer.add("</details>", "")
+        constant_table = _key_value_table(f"{sweep}_constant_config", f"Constant fields of sweep {sweep}",
+                                          {key.removeprefix("config/"): value for key, value in constant.items()},
+                                          ("field", "value"))
+        writer.add(f"<details><summary>constant fields ({len(constant)})</summary>", "")
+        writer.table(constant_table)
+        writer.add("</details>", "")
+
+
+def _noise_section(writer: _Writer, finals: pd.DataFrame) -> None:
+    writer.heading(2, "Noise settings and realised rates")
+    writer.table(noise_rate_table(finals))
+
+
+def _provenance_section(writer: _Writer, finals: pd.DataFrame) -> None:
+    writer.heading(2, "Provenance")
+    present = [column for column in PROVENANCE_COLUMNS if column in finals.columns]
+    if not present and "provenance/versions" not in finals.columns:
+        writer.add("The results carry no provenance columns.")
+        return
+    items: dict[str, str] = {}
+    for column in present:
+        counts = finals[column].astype(object).map(_value_text).value_counts()
+        if column == "provenance/config_hash":
+            items[column.removeprefix("provenance/")] = f"{len(counts)} distinct"
+            continue
+        items[column.removeprefix("provenance/")] = "; ".join(
+            f"{value}" + (f" ({count} trials)" if len(counts) > 1 else "") for value, count in counts.items())
+    writer.table(_key_value_table("provenance", "Provenance", items, ("field", "value(s)")))
+    warnings = []
+    if "provenance/code_dirty" in finals.columns and finals["provenance/code_dirty"].astype(object).map(
+            lambda value: str(value).lower() in ("true", "1")).any():
+        warnings.append("some trials ran from a working tree with uncommitted changes (code_dirty)")
+    for column in ("provenance/code_version", "provenance/cohort_hash"):
+        if column in finals.columns and finals[column].nunique(dropna=False) > 1:
+            warnings.append(f"trials differ in {column.removeprefix('provenance/')}")
+    for warning in warnings:
+        writer.note(f"**Warning:** {warning}.")
+    if "provenance/versions" in finals.columns:
+        versions: dict[str, set[str]] = {}
+        for blob in finals["provenance/versions"].dropna().unique():
+            try:
+                parsed = json.loads(blob) if isinstance(blob, str) else dict(blob)
+            except (TypeError, ValueError):
+                logger.warning("provenance/versions value is not JSON: %r", blob)
+                continue
+            for library, version in parsed.items():
+                versions.setdefault(str(library), set()).add(str(version))
+        if versions:
+            writer.heading(3, "Library versions")
+            writer.table(_key_value_table("versions", "Library versions",
+                                          {library: ", ".join(sorted(values)) for library, values in sorted(versions.items())},
+                                          ("library", "version")))
+
+
+def _sweep_kind(sweep: str, finals: pd.DataFrame, factors: Sequence[str]) -> list[tuple[str, str]]:
+    """(kind, parameter) sections that apply to one sweep (module doc table)."""
+    if sweep == "main":
+        return [("comparison", "")]
+    if sweep == "lambda_cons":
+        return [("sensitivity", "config/lambda_cons")]
+    if sweep == "alpha":
+        return [("sensitivity", "config/alpha")]
+    if sweep == "ablation":
+        return [("ablation", "")]
+    if sweep == "stability":
+        return [("stability", "")]
+    sections = [("comparison", "")]
+    for factor in factors:
+        if factor.startswith("config/") and factor not in SEED_LIKE and pd.api.types.is_numeric_dtype(finals[factor]):
+            sections.append(("sensitivity", factor))
+    if "config/gmm_seed" in factors:
+        sections.append(("stability", ""))
+    return sections
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------------
+def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: bool = False,
+                 metric: str = "test/mAP", paired: bool = False,
+                 expected_cells: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None,
+                 run_dir: str | Path | None = None, source: str = "") -> Path:
+    """Write ``report.md`` (plus ``tables/`` and ``figures/``) for a results frame; returns its path.
+
+    frame: results (all epochs; `load_results` output). metric: the primary metric (tables come
+    for mAP, F1 and F1_class; sensitivity and significance use `metric` first). expected_cells:
+    as in `check_complete` (default: inferred per sweep). Raises `IncompleteSweepError` when
+    cells are missing and not `allow_partial`; `ResultsError` for an empty frame or unknown metric.
+    """
+    if frame.empty:
+        raise ResultsError("the results contain no rows")
+    if metric not in frame.columns:
+        metrics = [column for column in frame.columns if column.startswith("test/")]
+        raise ResultsError(f"metric '{metric}' is not in the results (test metrics present: {', '.join(metrics) or 'none'})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    frame = annotate(frame)
+    inferred = expected_cells is None
+    missing = missing_by_sweep(frame, None if inferred else pd.DataFrame(list(expected_cells))
+                               if not isinstance(expected_cells, pd.DataFrame) else expected_cells,
+                               allow_partial=allow_partial)
+    finals = last_epoch(frame, finished_only=True)
+    if finals.empty:
+        raise ResultsError("no trial has finished (status TERMINATED); nothing to report")
+
+    writer = _Writer(out_dir)
+    writer.add("# MIRACL grid report")
+    _run_section(writer, frame, source or str(run_dir or ""))
+    _completeness_section(writer, missing, frame, inferred)
+    for sweep in sorted(frame["sweep"].unique(), key=lambda name: (name not in KNOWN_SWEEPS,
+                                                                   KNOWN_SWEEPS.index(name) if name in KNOWN_SWEEPS else 0, name)):
+        sweep_finals = finals.loc[finals["sweep"] == sweep]
+        sweep_rows = frame.loc[(frame["sweep"] == sweep) & frame["trial_id"].isin(sweep_finals["trial_id"])]
+        writer.heading(2, f"Sweep: {sweep}")
+        if sweep_finals.empty:
+            writer.add("No finished trial in this sweep.")
+            continue
+        factors = design_factors(sweep_finals)
+        sweep_missing = _missing_for(missing, sweep)
+        for kind, parameter in _sweep_kind(sweep, sweep_finals, factors):
+            if kind == "comparison":
+                _main_sections(writer, sweep_finals, sweep, metric, paired, sweep_missing)
+            elif kind == "sensitivity":
+                if parameter not in sweep_finals.columns or sweep_finals[parameter].nunique() < 2:
+                    writer.note(f"`{parameter}` does not vary in this sweep; no sensitivity curve.")
+                    continue
+                _sensitivity_sections(writer, sweep_finals, sweep, parameter, metric)
+            elif kind == "ablation":
+                writer.heading(3, f"Ablation: test {metric_name(metric)} (Table 4)")
+                writer.table(ablation_table(sweep_finals, metric, missing=sweep_missing), prefix=sweep)
+            elif kind == "stability":
+                writer.heading(3, "Stability under GMM initialisation seeds (Table 9)")
+                metrics = [name for name in dict.fromkeys([metric, *STABILITY_METRICS]) if name in sweep_finals.columns]
+                writer.table(stability_table(sweep_finals, metrics), prefix=sweep)
+        _diagnostics_sections(writer, sweep_rows, sweep, factors, run_dir)
+    _config_section(writer, frame)
+    _noise_section(writer, finals)
+    _provenance_section(writer, finals)
+    path = writer.write()
+    logger.info("report written to %s", path)
+    return path
+
+
+def write_report(run_dir: str | Path, *, allow_partial: bool = False, metric: str = "test/mAP",
+                 out: str | Path | None = None, paired: bool = False,
+                 expected_cells: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None) -> Path:
+    """Load `run_dir` (results.parquet or Tune directory) and write ``report.md`` under `out`
+    (default: `run_dir`, or the folder of a results file). Returns the report's path."""
+    run_dir = Path(run_dir)
+    frame = load_results(run_dir)
+    base = run_dir if run_dir.is_dir() else run_dir.parent
+    return build_report(frame, Path(out) if out is not None else base, allow_partial=allow_partial,
+                        metric=metric, paired=paired, expected_cells=expected_cells, run_dir=base,
+                        source=frame.attrs.get("source", str(run_dir)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m analysis.report RUN_DIR [--allow-partial] [--metric M] [--out DIR] [--paired]``."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="run directory holding results.parquet (or a Ray Tune experiment dir)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="report a sweep with missing cells (listed and marked) instead of failing")
+    parser.add_argument("--metric", default="test/mAP", help="primary metric column (default test/mAP)")
+    parser.add_argument("--out", default=None, help="output directory (default: RUN_DIR)")
+    parser.add_argument("--paired", action="store_true",
+                        help="paired t-test over shared seeds instead of the paper's two-sample test")
+    arguments = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    run_dir = Path(arguments.run_dir)
+    if not run_dir.exists():
+        print(f"error: run directory '{run_dir}' does not exist", file=sys.stderr)
+        return 2
+    if run_dir.is_dir() and not any(run_dir.iterdir()):
+        print(f"error: run directory '{run_dir}' is empty (no results.parquet, no Tune trials)", file=sys.stderr)
+        return 2
+    try:
+        path = write_report(run_dir, allow_partial=arguments.allow_partial, metric=arguments.metric,
+                            out=arguments.out, paired=arguments.paired)
+    except IncompleteSweepError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except ResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

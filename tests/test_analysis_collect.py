@@ -1,0 +1,222 @@
+"""analysis.collect / analysis.labels: labels, loading (parquet and Tune dirs), last epoch, completeness."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.collect import (IncompleteSweepError, ResultsError, annotate, check_complete, infer_expected_cells,
+                              last_epoch, load_results, missing_by_sweep, noise_setting_order)
+from analysis.labels import method_label, noise_setting_label
+
+
+def trial_rows(trial_id, *, sweep="main", method="miracl", backbone="flexcare", variant="MIRACL",
+               noise=("symmetric", 0.2, 0.2), seed=30, epochs=3, value=0.5, status="TERMINATED", planned=None,
+               **config):
+    """Rows of one trial (`epochs` reported of `planned`, default all); test/mAP rises to `value`
+    at the last reported epoch (value − 0.1 per epoch before)."""
+    rows = []
+    for epoch in range(1, epochs + 1):
+        row = {"trial_id": trial_id, "sweep": sweep, "experiment": "exp", "epoch": epoch,
+               "is_last_epoch": epoch == epochs and status == "TERMINATED", "status": status,
+               "config/method": method, "config/backbone": backbone, "config/variant": variant,
+               "config/noise_model": noise[0], "config/rho_pos": noise[1], "config/rho_neg": noise[2],
+               "config/seed": seed, "config/epochs": planned or epochs, "test/mAP": value - 0.1 * (epochs - epoch)}
+        row.update({f"config/{key}": item for key, item in config.items()})
+        rows.append(row)
+    return rows
+
+
+def main_grid(drop=(), error=()):
+    """2 methods × 2 noise settings × 3 seeds; `drop`/`error`: (method, model, seed) cells removed/failed."""
+    rows = []
+    for method, variant in (("miracl", "MIRACL"), ("bce", "FlexCare")):
+        for noise in (("symmetric", 0.2, 0.2), ("asymmetric", 0.0, 0.4)):
+            for seed in (30, 40, 100):
+                key = (method, noise[0], seed)
+                if key in drop:
+                    continue
+                status = "ERROR" if key in error else "TERMINATED"
+                rows += trial_rows(f"{method}_{noise[0]}_{seed}", method=method, variant=variant, noise=noise,
+                                   seed=seed, status=status, epochs=2 if status == "ERROR" else 3, planned=3)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------ labels
+@pytest.mark.parametrize("noise, expected", [
+    (("symmetric", 0.2, 0.2), "Sym. 20%"), (("asymmetric", 0.0, 0.4), "Asym. (0,40)"),
+    (("asymmetric", 0.4, 0.0), "Asym. (40,0)"), (("balanced", 0.2, 0.915 / 20.425), "Bal. (20,4.48)"),
+    (("balanced", 0.4, 1.830 / 20.425), "Bal. (40,8.96)"), (("none", 0.0, 0.0), "Clean"),
+    (("class_conditional", 0.2, 0.0), "Class-cond. 20%")])
+def test_noise_setting_labels_follow_the_paper(noise, expected):
+    assert noise_setting_label(*noise) == expected
+
+
+@pytest.mark.parametrize("arm, expected", [
+    (("miracl", "flexcare", "MIRACL"), "MIRACL"), (("bce", "flexcare", "FlexCare"), "FlexCare"),
+    (("focal", "flexcare", "Focal"), "Focal"), (("asl", "flexcare", "ASL"), "ASL"), (("gce", "flexcare", ""), "GCE"),
+    (("mllsc", "flexcare", "MLLSC"), "MLLSC"), (("multit", "flexcare", "MultiT"), "MultiT"),
+    (("bce", "medfuse", "MedFuse"), "MedFuse"), (("bce", "m3care", "M3Care"), "M3Care"),
+    (("cbmlc", "cbmlc", "CbMLC"), "CbMLC"), (("miracl", "flexcare", "full"), "MIRACL"),
+    (("miracl", "flexcare", "rank_only"), "w/ Rank only"), (("bce", "flexcare", "baseline"), "Baseline"),
+    (("miracl", "flexcare", "my_try"), "MIRACL [my_try]")])
+def test_method_labels(arm, expected):
+    assert method_label(*arm) == expected
+
+
+def test_labels_agree_with_the_grid_definitions():
+    sweeps = pytest.importorskip("grid.sweeps")
+    for arm in sweeps.COMPARISON_METHODS:
+        fields = arm.fields
+        assert method_label(fields["method"], fields["backbone"], fields["variant"]) == arm.label
+    for arm in sweeps.ABLATION_VARIANTS:
+        fields = arm.fields
+        assert method_label(fields["method"], fields["backbone"], fields["variant"]) == arm.label
+    for text in sweeps.SWEEPS["main"].noise:
+        setting = sweeps.parse_noise_setting(text).resolve(4.575, 25)
+        assert noise_setting_label(setting.model, setting.rho_pos, setting.rho_neg) == setting.label
+
+
+def test_noise_settings_sort_in_table_order():
+    frame = pd.DataFrame([{"config/method": "miracl", "config/noise_model": model, "config/rho_pos": p,
+                           "config/rho_neg": n} for model, p, n in
+                          [("balanced", 0.2, 0.0448), ("asymmetric", 0.4, 0.0), ("symmetric", 0.4, 0.4),
+                           ("asymmetric", 0.0, 0.2), ("symmetric", 0.2, 0.2), ("asymmetric", 0.0, 0.4)]])
+    assert noise_setting_order(frame) == ["Sym. 20%", "Sym. 40%", "Asym. (0,20)", "Asym. (0,40)",
+                                          "Asym. (40,0)", "Bal. (20,4.48)"]
+
+
+# ------------------------------------------------------------------------------------ last epoch
+def test_last_epoch_keeps_each_trials_largest_epoch():
+    frame = pd.DataFrame(trial_rows("a", value=0.7, epochs=3) + trial_rows("b", value=0.4, epochs=5))
+    frame = frame.sample(frac=1.0, random_state=0)          # order must not matter
+    finals = last_epoch(frame)
+    assert sorted(zip(finals["trial_id"], finals["epoch"])) == [("a", 3), ("b", 5)]
+    assert dict(zip(finals["trial_id"], finals["test/mAP"])) == pytest.approx({"a": 0.7, "b": 0.4})
+
+
+def test_last_epoch_finished_only_drops_failed_trials():
+    frame = pd.DataFrame(trial_rows("a") + trial_rows("b", status="ERROR", epochs=2))
+    assert last_epoch(frame)["trial_id"].tolist() == ["a", "b"]
+    assert last_epoch(frame, finished_only=True)["trial_id"].tolist() == ["a"]
+
+
+# ------------------------------------------------------------------------------------ loading
+def test_load_results_reads_parquet_file_or_directory(tmp_path):
+    frame = main_grid()
+    frame.to_parquet(tmp_path / "results.parquet")
+    for path in (tmp_path, tmp_path / "results.parquet"):
+        loaded = load_results(path)
+        assert len(loaded) == len(frame)
+        assert set(loaded["trial_id"]) == set(frame["trial_id"])
+        assert loaded["epoch"].dtype == np.int64
+
+
+def test_load_results_errors_name_the_problem(tmp_path):
+    with pytest.raises(ResultsError, match="does not exist"):
+        load_results(tmp_path / "nowhere")
+    with pytest.raises(ResultsError, match="neither results.parquet nor any Tune trial"):
+        load_results(tmp_path)
+    pd.DataFrame({"trial_id": ["a"], "epoch": [1]}).to_parquet(tmp_path / "results.parquet")
+    with pytest.raises(ResultsError, match="config/method"):
+        load_results(tmp_path)
+
+
+def _write_trial(folder, lines, extra_files=()):
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    for name in extra_files:
+        (folder / name).write_text("Traceback ...")
+
+
+def test_tune_directory_collection(tmp_path):
+    trial = {"method": "miracl", "backbone": "flexcare", "variant": "MIRACL", "noise_model": "symmetric",
+             "rho_pos": 0.4, "rho_neg": 0.4, "seed": 40, "epochs": 3, "lambda_cons": 0.05,
+             "extra": {"tag": "x"}}
+    nested = [{"test/mAP": 0.3 + 0.1 * epoch, "train/loss": 1.0 / epoch, "trial_id": "aaa", "training_iteration": epoch,
+               "time_total_s": 10.0 * epoch, "config": {"trial": trial, "sweep": "lambda_cons"}}
+              for epoch in (1, 2, 3)]
+    flat = [{"test": {"mAP": 0.2 * epoch}, "epoch": epoch, "trial_id": "bbb", "training_iteration": epoch,
+             "time_total_s": 5.0, "config": dict(trial, seed=30, sweep="lambda_cons")} for epoch in (1, 2)]
+    failed = [{"test/mAP": 0.1, "trial_id": "ccc", "training_iteration": 1, "config": {"trial": dict(trial, seed=100)}}]
+    experiment = tmp_path / "lambda_cons"
+    _write_trial(experiment / "trainable_aaa", nested)
+    _write_trial(experiment / "trainable_bbb", flat)
+    _write_trial(experiment / "trainable_ccc", failed, extra_files=("error.txt",))
+
+    frame = load_results(experiment)
+    assert len(frame) == 6
+    by_trial = {trial_id: group for trial_id, group in frame.groupby("trial_id")}
+    assert set(by_trial) == {"aaa", "bbb", "ccc"}
+    assert by_trial["aaa"]["epoch"].tolist() == [1, 2, 3]
+    assert by_trial["aaa"]["test/mAP"].tolist() == pytest.approx([0.4, 0.5, 0.6])
+    assert by_trial["bbb"]["test/mAP"].tolist() == pytest.approx([0.2, 0.4])       # nested metric flattened
+    assert by_trial["aaa"]["config/lambda_cons"].iloc[0] == 0.05
+    assert by_trial["aaa"]["config/extra.tag"].iloc[0] == "x"
+    assert by_trial["aaa"]["time/trial_wall_s"].tolist() == [10.0, 20.0, 30.0]
+    assert set(frame["sweep"]) == {"lambda_cons"}
+    status = {trial_id: group["status"].iloc[0] for trial_id, group in by_trial.items()}
+    assert status == {"aaa": "TERMINATED", "bbb": "INCOMPLETE", "ccc": "ERROR"}
+    assert frame.loc[frame["is_last_epoch"], "trial_id"].tolist() == ["aaa"]
+    assert last_epoch(frame, finished_only=True)["epoch"].tolist() == [3]
+
+
+def test_tune_directory_bad_line_names_file_and_line(tmp_path):
+    folder = tmp_path / "exp" / "trial"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text('{"trial_id": "a", "training_iteration": 1, "config": {}}\nnot json\n')
+    with pytest.raises(ResultsError, match=r"result\.json:2"):
+        load_results(tmp_path / "exp")
+
+
+# ------------------------------------------------------------------------------------ completeness
+def test_check_complete_lists_exactly_the_removed_cells():
+    removed = [("bce", "asymmetric", 40), ("miracl", "symmetric", 100)]
+    frame = main_grid(drop=removed)
+    expected = infer_expected_cells(frame)
+    assert len(expected) == 2 * 2 * 3
+    missing = check_complete(frame, expected, allow_partial=True)
+    found = {(cell["method_label"], cell["noise_setting"], cell["config/seed"]) for cell in missing}
+    assert found == {("FlexCare", "Asym. (0,40)", 40), ("MIRACL", "Sym. 20%", 100)}
+    with pytest.raises(IncompleteSweepError) as error:
+        check_complete(frame, expected)
+    assert len(error.value.missing) == 2
+    assert "FlexCare" in str(error.value) and "Asym. (0,40)" in str(error.value)
+
+
+def test_failed_trial_counts_as_missing_and_complete_grid_passes():
+    assert check_complete(main_grid(), infer_expected_cells(main_grid())) == []
+    frame = main_grid(error=[("miracl", "asymmetric", 30)])
+    missing = missing_by_sweep(frame, allow_partial=True)
+    assert [(cell["method_label"], cell["noise_setting"], cell["config/seed"]) for cell in missing] == \
+        [("MIRACL", "Asym. (0,40)", 30)]
+
+
+def test_check_complete_with_explicit_cells_on_config_columns():
+    frame = main_grid()
+    cells = [{"config/method": "miracl", "config/noise_model": "symmetric", "config/rho_pos": 0.2,
+              "config/rho_neg": 0.2, "config/seed": seed} for seed in (30, 40, 100, 7)]
+    missing = check_complete(frame, cells, allow_partial=True)
+    assert missing == [cells[-1]]
+    with pytest.raises(ResultsError, match="config/alpha"):
+        check_complete(frame, [{"config/alpha": 0.5}])
+
+
+def test_design_factors_keep_sweep_parameters_and_fold_arm_switches():
+    rows = []
+    for lam in (0.0, 0.1):
+        for seed in (30, 40):
+            rows += trial_rows(f"l{lam}_{seed}", sweep="lambda_cons", seed=seed, lambda_cons=lam, alpha=0.5)
+    for variant, alpha in (("rank_only", 1.0), ("full", 0.5)):
+        for seed in (30, 40):
+            rows += trial_rows(f"{variant}_{seed}", sweep="ablation", variant=variant, seed=seed, alpha=alpha,
+                               lambda_cons=0.1)
+    expected = infer_expected_cells(annotate(pd.DataFrame(rows)))
+    lam = expected.loc[expected["sweep"] == "lambda_cons"]
+    ablation = expected.loc[expected["sweep"] == "ablation"]
+    assert len(lam) == 4 and set(lam["config/lambda_cons"]) == {0.0, 0.1}
+    # alpha differs between the variants but rides on them: not a factor of its own
+    assert len(ablation) == 4 and ablation.get("config/alpha", pd.Series(dtype=float)).isna().all()
+    assert set(ablation["method_label"]) == {"w/ Rank only", "MIRACL"}
