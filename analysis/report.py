@@ -397,9 +397,9 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
     run_dir = Path(run_dir) if run_dir is not None else None
     frame = annotate(frame)
     inferred = expected_cells is None
-    missing = missing_by_sweep(frame, None if inferred else pd.DataFrame(list(expected_cells))
-                               if not isinstance(expected_cells, pd.DataFrame) else expected_cells,
-                               allow_partial=allow_partial)
+    if expected_cells is not None and not isinstance(expected_cells, pd.DataFrame):
+        expected_cells = pd.DataFrame([dict(cell) for cell in expected_cells])
+    missing = missing_by_sweep(frame, expected_cells, allow_partial=allow_partial)
     finals = last_epoch(frame, finished_only=True)
     if finals.empty:
         raise ResultsError("no trial has finished (status TERMINATED); nothing to report")

@@ -34,6 +34,12 @@ MISSING_TEXT = "—"
 PARTIAL_MARK = "†"
 METRIC_NAMES: dict[str, str] = {"test/mAP": "mAP", "test/F1": "F1", "test/F1_class": "F1_class"}
 STABILITY_METRICS: tuple[str, ...] = ("test/mAP", "test/F1", "test/F1_class")
+_LATEX_REPLACEMENTS: dict[str, str] = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                                       "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                                       "^": r"\textasciicircum{}", "±": r"$\pm$", "—": "--", "–": "--",
+                                       "†": r"$^\dagger$", "ρ": r"$\rho$", "−": "-", "λ": r"$\lambda$",
+                                       "α": r"$\alpha$"}
+_LATEX_SPECIALS = re.compile("|".join(re.escape(key) for key in _LATEX_REPLACEMENTS))
 
 
 def metric_name(metric: str) -> str:
@@ -85,15 +91,8 @@ class Table:
     def to_latex(self) -> str:
         """A ``tabular`` (booktabs rules) with bold as ``\\textbf`` and stars as superscripts."""
         def escape(text: Any) -> str:
-            value = str(text)
-            for old, new in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"),
-                             ("#", r"\#"), ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"),
-                             ("—", "--"), ("†", r"$^\dagger$"), ("–", "--")):
-                value = value.replace(old, new)
-            stripped = value.rstrip("*")
-            if stripped != value:
-                value = f"{stripped}$^{{{'*' * (len(value) - len(stripped))}}}$"
-            return value
+            value = _LATEX_SPECIALS.sub(lambda match: _LATEX_REPLACEMENTS[match.group(0)], str(text))
+            return re.sub(r"\*+", lambda match: f"$^{{{match.group(0)}}}$", value)
 
         def cell(text: Any, bold: bool) -> str:
             value = escape(text)
