@@ -4,13 +4,13 @@ One instance = one ICU stay. A `Cohort` holds, in stay row order 0..N-1:
 
 - ``stays``: DataFrame with ``stay`` (str, unique), ``patient_id`` (int64),
   ``split`` ("train" | "test" | None until `data.split.assign_split`), ``period_length``
-  (float64 hours, NaN = unknown) and ``series_file`` (str path or None when the stay has no
-  series file);
+  (float64 hours, NaN = unknown) and, optionally, ``series_file`` (str path or None when the
+  stay has no series file; added as None when absent);
 - ``labels``: uint8 N×L clean labels, columns named by ``label_names``;
 - ``events``: ONE long DataFrame holding every time-series row of every stay: ``row`` (int64
-  stay row index), ``line`` (int64 line number in the series file, header = line 1),
-  ``Hours`` (float64) and the 17 variable columns of `data.schema.VARIABLE_NAMES` as the
-  strings read from the file (NaN = missing cell);
+  stay row index), optionally ``line`` (int64 line number in the series file, header =
+  line 1; the readers add it for error messages), ``Hours`` (float64) and the 17 variable
+  columns of `data.schema.VARIABLE_NAMES` as the strings read from the file (NaN = missing);
 - ``notes``: object array of N str ("" = no note);
 - ``source``: JSON-safe description of where it came from (paths, counts of values read as 0,
   unknown categories, ...), copied into the manifest;
@@ -26,8 +26,8 @@ import pandas as pd
 
 from data.schema import VARIABLE_NAMES
 
-STAY_COLUMNS: tuple[str, ...] = ("stay", "patient_id", "split", "period_length", "series_file")
-EVENT_COLUMNS: tuple[str, ...] = ("row", "line", "Hours") + VARIABLE_NAMES
+STAY_COLUMNS: tuple[str, ...] = ("stay", "patient_id", "split", "period_length")
+EVENT_COLUMNS: tuple[str, ...] = ("row", "Hours") + VARIABLE_NAMES
 SPLITS: tuple[str, ...] = ("train", "test")
 
 
@@ -58,6 +58,8 @@ class Cohort:
         missing = [c for c in STAY_COLUMNS if c not in self.stays.columns]
         if missing:
             raise ValueError(f"Cohort.stays lacks columns {missing}")
+        if "series_file" not in self.stays.columns:  # optional: only readers know the files
+            self.stays["series_file"] = pd.Series([None] * len(self.stays), dtype=object, index=self.stays.index)
         missing = [c for c in EVENT_COLUMNS if c not in self.events.columns]
         if missing:
             raise ValueError(f"Cohort.events lacks columns {missing}")

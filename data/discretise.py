@@ -40,6 +40,7 @@ EPSILON = 1e-6
 NUM_VALUE_CHANNELS = sum(v.width for v in VARIABLES)  # 59
 NUM_CHANNELS = NUM_VALUE_CHANNELS + len(VARIABLES)     # 76
 DEFAULT_MAX_BINS = 512
+TRANSPOSE_BLOCK = 4096
 
 
 def _value_starts() -> tuple[int, ...]:
@@ -97,10 +98,22 @@ def bins_per_stay(period_length: np.ndarray, max_hours: np.ndarray, has_series: 
     return np.where(has_series, count, 0)
 
 
+def parse_numbers(column: pd.Series) -> np.ndarray:
+    """Column of number strings -> float64 (missing or unparsable -> NaN; "inf"/"nan" parse as such).
+
+    Tries pandas' (Arrow) cast first, ~3x faster than `pd.to_numeric` on string columns, and
+    falls back to ``pd.to_numeric(errors="coerce")`` when some cell is not a number.
+    """
+    try:
+        return column.astype("float64").to_numpy(np.float64)
+    except (ValueError, TypeError):
+        return pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+
+
 def _parse_variable(column: pd.Series, variable) -> np.ndarray:
     """Column of strings -> float64 values (continuous) or category codes (categorical, -1 = missing)."""
     if variable.categories is None:
-        return pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+        return parse_numbers(column)
     codes = pd.Categorical(column, categories=list(variable.categories)).codes.astype(np.int64)
     unknown = (codes < 0) & column.notna().to_numpy()
     if unknown.any():
@@ -120,10 +133,15 @@ def discretise(events: pd.DataFrame, period_length: np.ndarray, *,
         raise ValueError(f"max_bins must be >= 1, got {max_bins}")
     period_length = np.asarray(period_length, dtype=np.float64)
     count = len(period_length)
-    order = np.lexsort((events["Hours"].to_numpy(np.float64), events["row"].to_numpy(np.int64)))
-    frame = events.iloc[order]
-    row = frame["row"].to_numpy(np.int64)
-    hours = frame["Hours"].to_numpy(np.float64)
+    row = events["row"].to_numpy(np.int64)
+    hours = events["Hours"].to_numpy(np.float64)
+    step = np.diff(row)
+    if np.all((step > 0) | ((step == 0) & (np.diff(hours) >= 0))):
+        frame = events  # the readers' order already: by stay, then time
+    else:
+        order = np.lexsort((hours, row))  # stable: equal times keep their row order
+        frame = events.iloc[order]
+        row, hours = row[order], hours[order]
 
     has_series = np.bincount(row, minlength=count) > 0
     max_hours = np.full(count, np.nan)
@@ -146,7 +164,9 @@ def discretise(events: pd.DataFrame, period_length: np.ndarray, *,
     within = np.arange(total, dtype=np.int64) - offsets[kept_row]
     kept_global = full_offsets[kept_row] + first_kept[kept_row] + within
 
-    values = np.zeros((total, NUM_CHANNELS), dtype=np.float32)
+    # channel-major buffer: each variable writes whole contiguous rows (a column write into a
+    # bins×76 row-major array strides over every page); transposed once at the end
+    channels_first = np.zeros((NUM_CHANNELS, total), dtype=np.float32)
     positions = np.arange(total)
     overwritten: dict[str, int] = {}
     observed_bins: dict[str, int] = {}
@@ -170,12 +190,16 @@ def discretise(events: pd.DataFrame, period_length: np.ndarray, *,
         if variable.categories is None:
             normal = float(variable.normal_value)
             filled = np.where(has_previous, obs_value[safe] if len(obs_value) else normal, normal)
-            values[:, start] = filled
+            channels_first[start] = filled
         else:
             normal = variable.categories.index(variable.normal_value)
             code = np.where(has_previous, obs_value[safe] if len(obs_value) else normal, normal).astype(np.int64)
-            values[positions, start + code] = 1.0
-        values[:, NUM_VALUE_CHANNELS + index] = observed
+            channels_first[start + code, positions] = 1.0
+        channels_first[NUM_VALUE_CHANNELS + index] = observed
+    values = np.empty((total, NUM_CHANNELS), dtype=np.float32)
+    for block in range(0, total, TRANSPOSE_BLOCK):  # blocked transpose: cache-friendly
+        values[block:block + TRANSPOSE_BLOCK] = channels_first[:, block:block + TRANSPOSE_BLOCK].T
+    del channels_first
 
     statistics = {
         "events": int(len(row)),
@@ -198,7 +222,7 @@ def fit_normaliser(values: np.ndarray, offsets: np.ndarray, train_rows: np.ndarr
     bin_owner = np.repeat(np.arange(len(bins)), bins)
     is_train = np.zeros(len(bins), dtype=bool)
     is_train[train_rows] = True
-    selected = values[is_train[bin_owner]][:, list(channels)].astype(np.float64)
+    selected = values[:, list(channels)][is_train[bin_owner]].astype(np.float64)  # 12 columns first
     if len(selected) == 0:
         return Normaliser(tuple(channels), np.zeros(len(channels)), np.ones(len(channels)))
     scaler = StandardScaler().fit(selected)

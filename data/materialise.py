@@ -14,6 +14,10 @@ shape); the label names (JSON) and labels.npy bytes; series_values and series_of
 not cover the text features (they are keyed by encoder and max_tokens under ``text/``) nor the
 source paths or timings.
 
+Manifest ``timings`` are the seconds of THIS run per stage: ``generate`` (synthetic only),
+``read``, ``discretise`` (incl. z-scoring), ``write`` (hash + arrays) and ``text``;
+``timings_when_written`` keeps those of the run that wrote the arrays (equal unless reused).
+
 Reuse: when ``out_dir/manifest.json`` already carries the same hash, the arrays are not
 rewritten and only missing text features (a new encoder/max_tokens key) are computed; the
 manifest is refreshed (timings, text keys). When the hash differs, the old ``text/`` folder is
@@ -291,6 +295,8 @@ def materialise(cohort: Cohort, out_dir: str | os.PathLike, *, max_bins: int = D
         "missingness": _missingness(stays, series.statistics["observed_bins"], int(offsets[-1])),
         "versions": library_versions(),
         "timings": timings,
+        "timings_when_written": (previous.get("timings_when_written", previous.get("timings", {}))
+                                 if reuse and previous is not None else timings),
         "reused": {"cohort": bool(reuse), "text": bool(info.reused)},
     }
     _write_json(out_dir / MANIFEST, manifest)

@@ -65,6 +65,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from data.cohort import Cohort, SPLITS, empty_events
+from data.discretise import parse_numbers
 from data.errors import CohortError
 from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLES
 from data.split import assert_no_patient_crosses
@@ -361,7 +362,7 @@ def _validate_events(events: pd.DataFrame, files: np.ndarray, problems: _Problem
                      unknown_categories: str) -> tuple[pd.DataFrame, dict]:
     """Vectorised checks of every cell; returns events with Hours as float64 and unknown-category counts."""
     raw_hours = events["Hours"]
-    hours = pd.to_numeric(raw_hours, errors="coerce").to_numpy(np.float64)
+    hours = parse_numbers(raw_hours)
     finite = np.isfinite(hours)
     _cell_problems(events, ~finite, "Hours", "a finite number of hours", files, problems)
     negative = finite & (hours < 0)
@@ -378,7 +379,7 @@ def _validate_events(events: pd.DataFrame, files: np.ndarray, problems: _Problem
         column = events[variable.name]
         present = column.notna().to_numpy()
         if variable.categories is None:
-            value = pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
+            value = parse_numbers(column)
             bad = present & ~np.isfinite(value)
             _cell_problems(events, bad, variable.name, "a finite number or an empty cell", files, problems)
             continue
@@ -541,6 +542,9 @@ def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLi
             logger.warning("%s: no notes.csv or notes.parquet; every note is missing", root)
     else:
         notes_file = Path(notes_path)
+    if tuple(label_names) != PHENOTYPE_LABELS:
+        logger.warning("%s: label columns differ from the 25 phenotypes of data.schema; using the "
+                       "listfile's %d columns as they are", root, len(label_names))
     notes_table = _read_notes(notes_file) if notes_file is not None else None
     notes, unmatched = _notes_for(stays["stay"].to_numpy(dtype=object), notes_table)
     if unmatched:

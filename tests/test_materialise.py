@@ -152,6 +152,16 @@ def test_changed_content_changes_the_hash_and_drops_stale_text(tmp_path, text_ca
     assert load_manifest(out)["cohort_hash"] not in (first, manifest["cohort_hash"])
 
 
+def test_optional_columns_do_not_change_the_hash(tmp_path, text_calls):
+    """series_file and line are reader bookkeeping; a Cohort built without them hashes the same."""
+    materialise(small_cohort(), tmp_path / "a", encoder="fake", max_tokens=8)
+    bare = small_cohort()
+    bare = Cohort(stays=bare.stays.drop(columns=["series_file"]), labels=bare.labels, label_names=bare.label_names,
+                  events=bare.events.drop(columns=["line"]), notes=bare.notes)
+    materialise(bare, tmp_path / "b", encoder="fake", max_tokens=8)
+    assert load_manifest(tmp_path / "a")["cohort_hash"] == load_manifest(tmp_path / "b")["cohort_hash"]
+
+
 def test_requires_an_assigned_split(tmp_path, text_calls):
     cohort = small_cohort()
     cohort.stays["split"] = pd.Series([None] * 5, dtype=object)
