@@ -123,7 +123,8 @@ def run_training(loop_config: dict, report: ReportFunction,
                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.cosine_t_max,
                                                            eta_min=config.cosine_eta_min)
-    method = build_method(config, observed=observed, gather=distributed.autograd_all_gather)
+    method = build_method(config, observed=observed,
+                          gather=distributed.autograd_all_gather if world > 1 else None)
     statistics = PairStatistics(num_train, num_labels, device=device)
     history: list[dict] = []
     start_epoch = 1
@@ -179,11 +180,9 @@ def run_training(loop_config: dict, report: ReportFunction,
         metrics.update(_train_terms(term_sums, num_train))
         metrics.update(_noise_metrics(noise))
         diagnostics = correction_diagnostics(
-            corrected=outcome.corrected if outcome.corrected is not None else observed,
-            observed=observed, clean=clean, flip_mask=flip_mask,
+            corrected=outcome.corrected, observed=observed, clean=clean, flip_mask=flip_mask,
             partition=outcome.partition, predictions=statistics.probabilities)
-        metrics.update({f"correction/{k}": v for k, v in diagnostics.items()})
-        metrics["correction/active"] = outcome.corrected is not None
+        metrics.update(diagnostics)
         metrics.update({f"correction/{k}": v for k, v in outcome.diagnostics.items()})
 
         eval_start = time.perf_counter()

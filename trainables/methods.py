@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -32,7 +31,7 @@ from trainables.config import ConfigError, TrialConfig
 from trainables.contrastive import patient_contrastive_loss
 from trainables.correction import correct_labels
 from trainables.gmm import fit_group_mixtures
-from trainables.schedule import beta_schedule, is_warmup, set_weight_decay
+from trainables.schedule import beta, correction_active, first_corrected_epoch, selection_due, set_weight_decay
 from trainables.selection import selection_metric
 from trainables.statistics import PairStatistics
 
@@ -94,18 +93,6 @@ class Method:
         pass
 
 
-class LossMethod(Method):
-    """A baseline loss of METHOD §11 on the observed labels (BCE, Focal, ASL, GCE, MLLSC)."""
-
-    def __init__(self, config, observed, gather=None, *, name: str, loss: Callable):
-        super().__init__(config, observed, gather)
-        self.name = name
-        self.loss = loss
-
-    def supervised_loss(self, logits, targets, epoch):
-        return self.loss(logits, targets)
-
-
 class MultiTMethod(Method):
     """MultiT: BCE during warm-up, then forward correction with per-label 2×2 transitions
     estimated once from the warm-up statistics (`losses.MultiTransition`)."""
@@ -122,9 +109,9 @@ class MultiTMethod(Method):
         return losses.forward_corrected_bce(logits, targets, self.matrices.to(logits.device))
 
     def end_epoch(self, epoch, statistics):
-        if self.matrices is None and epoch >= max(1, self.config.warmup_epochs):
+        if self.matrices is None and selection_due(epoch, self.config.warmup_epochs):
             estimate = losses.MultiTransition.estimate(statistics.probabilities, self.observed)
-            self.matrices = estimate.matrices.float()
+            self.matrices = torch.as_tensor(estimate.matrices, dtype=torch.float32)
             rates = self.matrices
             return EpochOutcome(diagnostics={"multit_mean_rho_pos": float(rates[:, 1, 0].mean()),
                                              "multit_mean_rho_neg": float(rates[:, 0, 1].mean())})
@@ -147,23 +134,20 @@ class MiraclMethod(Method):
     def __init__(self, config, observed, gather=None):
         super().__init__(config, observed, gather)
         self.corrected: torch.Tensor | None = None
-        self.first_corrected_epoch = config.warmup_epochs + 1
-
-    @property
-    def correcting(self) -> bool:
-        return self.config.use_correction
 
     def configure_epoch(self, epoch, optimizer):
-        if self.correcting and epoch == self.first_corrected_epoch:
-            set_weight_decay(optimizer, self.config.corrected_weight_decay)
+        config = self.config
+        if config.use_correction and epoch == first_corrected_epoch(config.warmup_epochs):
+            set_weight_decay(optimizer, config.corrected_weight_decay)
 
     def batch_loss(self, output, batch, positions, epoch):
         observed = self.observed[positions]
         terms = LossTerms()
-        if self.corrected is not None and not is_warmup(epoch, self.config.warmup_epochs):
-            beta = beta_schedule(epoch, self.first_corrected_epoch, self.config.epochs, self.config.beta_end)
-            terms.local["bce_corrected"] = beta * losses.binary_cross_entropy(output.logits, self.corrected[positions])
-            terms.local["bce_observed"] = (1 - beta) * losses.binary_cross_entropy(output.logits, observed)
+        config = self.config
+        if self.corrected is not None and correction_active(epoch, config.warmup_epochs, config.use_correction):
+            weight = beta(epoch, config.warmup_epochs, config.epochs, config.beta_end)
+            terms.local["bce_corrected"] = weight * losses.binary_cross_entropy(output.logits, self.corrected[positions])
+            terms.local["bce_observed"] = (1 - weight) * losses.binary_cross_entropy(output.logits, observed)
         else:
             terms.local["bce_observed"] = losses.binary_cross_entropy(output.logits, observed)
         terms.local.update(output.auxiliary_losses)
@@ -174,7 +158,7 @@ class MiraclMethod(Method):
         return terms
 
     def end_epoch(self, epoch, statistics):
-        if not self.correcting or epoch < self.config.warmup_epochs:
+        if not selection_due(epoch, self.config.warmup_epochs, self.config.use_correction):
             return EpochOutcome()
         config = self.config
         probabilities = statistics.probabilities
@@ -190,9 +174,8 @@ class MiraclMethod(Method):
         result = correct_labels(self.observed, probabilities, selection.z_tilde, mixtures.partition,
                                 mean_clean, mean_noisy, tau=config.tau)
         self.corrected = result.corrected
-        diagnostics = {f"size_{k}": v for k, v in mixtures.set_sizes().items()}
-        diagnostics["gmm_fallback_groups"] = int(mixtures.fallback.sum())
-        diagnostics["negative_candidates"] = int(result.in_negative_candidates.sum())
+        diagnostics = {"gmm_fallback_groups": int(mixtures.fallback.sum()),
+                       "negative_candidates": int(result.negative_candidates.sum())}
         return EpochOutcome(corrected=self.corrected, partition=mixtures.partition, diagnostics=diagnostics,
                             artifact=self._artifact(selection, mixtures))
 
@@ -226,26 +209,36 @@ class MiraclMethod(Method):
         self.corrected = state.get("corrected")
 
 
-def _loss_method(name: str, loss_factory: Callable[[TrialConfig], Callable]):
+class PairLossMethod(Method):
+    """A baseline loss of METHOD §11 on the observed labels (BCE, Focal, ASL, GCE, MLLSC).
+
+    MLLSC's label correction starts after the first epoch, as in SPLC whose loss it builds on.
+    CbMLC trains with ASL; its context regulariser is an auxiliary loss of its backbone.
+    """
+
+    def __init__(self, config, observed, gather=None, *, loss_name: str):
+        super().__init__(config, observed, gather)
+        self.name = config.method
+        self.loss_name = loss_name
+        self.loss = losses.pair_loss_for(config, loss_name)
+
+    def supervised_loss(self, logits, targets, epoch):
+        if self.loss_name == "mllsc":
+            return self.loss(logits, targets, correction=epoch > 1)
+        return self.loss(logits, targets)
+
+
+def _pair_loss_method(loss_name: str):
     def build(config, observed, gather=None):
-        return LossMethod(config, observed, gather, name=name, loss=loss_factory(config))
+        return PairLossMethod(config, observed, gather, loss_name=loss_name)
     return build
 
 
 METHODS: dict[str, Callable[..., Method]] = {
     "miracl": MiraclMethod,
-    "bce": _loss_method("bce", lambda c: losses.binary_cross_entropy),
-    "focal": _loss_method("focal", lambda c: partial(losses.focal_loss, gamma=c.focal_gamma, alpha=c.focal_alpha)),
-    "asl": _loss_method("asl", lambda c: partial(losses.asymmetric_loss, gamma_negative=c.asl_gamma_neg,
-                                                 gamma_positive=c.asl_gamma_pos, clip=c.asl_clip)),
-    "gce": _loss_method("gce", lambda c: partial(losses.generalized_cross_entropy, q=c.gce_q)),
-    "mllsc": _loss_method("mllsc", lambda c: partial(losses.mllsc_loss, tau_positive=c.mllsc_tau_pos,
-                                                     tau_negative=c.mllsc_tau_neg, margin=c.mllsc_margin,
-                                                     gamma=c.mllsc_gamma)),
+    **{name: _pair_loss_method(name) for name in ("bce", "focal", "asl", "gce", "mllsc")},
     "multit": MultiTMethod,
-    # CbMLC = ASL on the label-graph backbone; its context regulariser is a backbone auxiliary loss
-    "cbmlc": _loss_method("cbmlc", lambda c: partial(losses.asymmetric_loss, gamma_negative=c.asl_gamma_neg,
-                                                     gamma_positive=c.asl_gamma_pos, clip=c.asl_clip)),
+    "cbmlc": _pair_loss_method("asl"),
 }
 
 
