@@ -56,9 +56,10 @@ def test_difficulty_matches_python_reference_on_random_histories():
         rows = rng.integers(0, 2, size=(200, epochs)).tolist()
         history, _ = history_from_rows(rows)
         for form in ("durations", "events"):
-            got = history_difficulty(history, epochs, form).reshape(-1).numpy()
+            got = history_difficulty(history, epochs, form)
+            assert got.dtype == torch.float64
             expected = np.array([reference_difficulty(row, form) for row in rows])
-            np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(got.reshape(-1).numpy(), expected, rtol=1e-15, atol=0)
 
 
 def test_events_form_is_bounded_by_one():
@@ -71,7 +72,7 @@ def test_events_form_is_bounded_by_one():
 
 def test_no_history_gives_zero_and_bad_form_is_rejected():
     stats = PairStatistics(4, 3)
-    assert torch.equal(stats.difficulty(), torch.zeros(4, 3))
+    assert torch.equal(stats.difficulty(), torch.zeros(4, 3, dtype=torch.float64))
     with pytest.raises(StatisticsError, match="difficulty form"):
         stats.difficulty("loss")
 

@@ -14,10 +14,11 @@ go on (as sklearn would stop for that group).
 Initialisation (seeded, k-means-like; sklearn's default is k-means): per group two centres
 at min + f·(max − min) with fractions f_low ~ U(0.10, 0.40) and f_high ~ U(0.60, 0.90) of
 the group's range (drawn from ``torch.Generator().manual_seed(seed)``, one pair per group
-id, so a group's draw does not depend on the other groups' data), refined by batched Lloyd (1-D 2-means) iterations (at most 10;
-stop when every group's squared centre shift is ≤ 1e-4 × its variance, sklearn KMeans' tol); the hard assignment gives the initial weights,
-means and variances as in sklearn's ``init_params="kmeans"``. An empty initial cluster
-keeps its centre as mean and the group's variance.
+id, so a group's draw does not depend on the other groups' data), refined by batched
+Lloyd (1-D 2-means) iterations (at most 300; a group stops when its squared centre shift
+is ≤ 1e-4 × its variance, as sklearn's KMeans ``tol``); the hard assignment gives the
+initial weights, means and variances as in sklearn's ``init_params="kmeans"``. An empty
+initial cluster keeps its centre as mean and the group's variance.
 
 After fitting, components are ordered so that column 0 is the clean one (μ_clean < μ_noisy).
 Fallback (METHOD §4): a group with fewer than ``min_group`` pairs (not fitted: parameters
@@ -39,7 +40,7 @@ CLEAN, UNCERTAIN, NOISY = 0, 1, 2
 DEGENERATE_GAP = 1e-3
 _LOG_TWO_PI = math.log(2.0 * math.pi)
 _EPS = float(np.finfo(np.float64).eps)
-_LLOYD_ITERATIONS = 10
+_LLOYD_ITERATIONS = 300  # sklearn KMeans max_iter
 _LLOYD_TOLERANCE = 1e-4  # stop when the squared centre shift ≤ 1e-4 · group variance (sklearn KMeans' tol)
 
 
@@ -193,18 +194,26 @@ def _initialise(x, segments, fitted, fraction_low, fraction_high, reg_covar,
     total = segments.sum(x)
     group_variance = (segments.sum(x * x) / size - (total / size) ** 2).clamp(min=0)
     shift_tolerance = _LLOYD_TOLERANCE * group_variance
+    # Lloyd on a shrinking copy: a group stops (and its elements leave) once its centres settle.
+    lloyd = _Segments(segments.group, segments.lengths)
+    lloyd_x, lloyd_total, lloyd_counts = x, total, counts
+    active = fitted.clone()
     for _ in range(_LLOYD_ITERATIONS):
-        assignment = x > segments.spread(0.5 * (low_centre + high_centre))
-        high_weight = assignment.to(torch.float64)
-        high_size = segments.sum(high_weight)
-        high_total = segments.sum(high_weight * x)
-        low_size = counts - high_size
-        new_high = torch.where(high_size > 0, high_total / high_size.clamp(min=1), high_centre)
-        new_low = torch.where(low_size > 0, (total - high_total) / low_size.clamp(min=1), low_centre)
+        high_weight = (lloyd_x > lloyd.spread(0.5 * (low_centre + high_centre))).to(torch.float64)
+        high_size = lloyd.sum(high_weight)
+        high_total = lloyd.sum(high_weight * lloyd_x)
+        low_size = lloyd_counts - high_size
+        new_high = torch.where(active & (high_size > 0), high_total / high_size.clamp(min=1), high_centre)
+        new_low = torch.where(active & (low_size > 0), (lloyd_total - high_total) / low_size.clamp(min=1), low_centre)
         shift = (new_high - high_centre) ** 2 + (new_low - low_centre) ** 2
         high_centre, low_centre = new_high, new_low
-        if not bool((fitted & (shift > shift_tolerance)).any()):
+        active &= shift > shift_tolerance
+        if not bool(active.any()):
             break
+        if float(lloyd_counts[active].sum()) < 0.75 * lloyd_x.numel():
+            lloyd_x = lloyd_x[lloyd.keep(active)]
+            lloyd_counts = lloyd.lengths.to(torch.float64)
+            lloyd_total = torch.where(active, lloyd_total, torch.zeros_like(lloyd_total))
     assignment = x > segments.spread(0.5 * (low_centre + high_centre))
 
     high_weight = assignment.to(torch.float64)

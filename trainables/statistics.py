@@ -161,14 +161,14 @@ class PairStatistics:
 
     # ------------------------------------------------------------------------------------
     def difficulty(self, form: str = "durations") -> torch.Tensor:
-        """Per-pair difficulty D = D_m − D_f over the recorded history (Eq. 1; METHOD §3). float32 N×L.
+        """Per-pair difficulty D = D_m − D_f over the recorded history (Eq. 1; METHOD §3). float64 N×L.
 
         ``durations`` (resolved default): D_m = mean length of the runs of incorrect epochs,
         D_f = mean length of the runs of correct epochs; a pair without any run of one kind
         takes 0 for that mean (e.g. always correct → D = 0 − E = −E).
         ``events`` (paper-literal): D_m = #(incorrect at t−1 → correct at t), D_f =
         #(correct → incorrect); the first epoch has no predecessor and counts no event.
-        No history → all zeros. Loops over epochs only (≤ 63), vectorised over pairs.
+        No history → all zeros. Bit operations on the whole N×L field (no loop over pairs or epochs).
         """
         return history_difficulty(self.history, self.epochs_recorded, form)
 
@@ -223,42 +223,44 @@ def first_occurrence(positions: torch.Tensor) -> torch.Tensor:
     return torch.sort(first).values
 
 
-def history_difficulty(history: torch.Tensor, epochs: int, form: str = "durations") -> torch.Tensor:
-    """Eq. 1 from an int64 correctness bit field (bit e = correct at epoch e). N×L → float32 N×L.
+def popcount(values: torch.Tensor) -> torch.Tensor:
+    """Number of set bits of non-negative int64 values (SWAR bit counting). Same shape, int64."""
+    x = values - ((values >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    x += x >> 8
+    x += x >> 16
+    x += x >> 32
+    return x & 0x7F
 
-    See `PairStatistics.difficulty` for the two forms.
+
+def history_difficulty(history: torch.Tensor, epochs: int, form: str = "durations") -> torch.Tensor:
+    """Eq. 1 from an int64 correctness bit field (bit e = correct at epoch e). N×L → float64 N×L.
+
+    See `PairStatistics.difficulty` for the two forms. Computed with bit operations on the
+    whole field (no loop over epochs): with h the field restricted to the recorded epochs
+    and s = h << 1 (bit e of s = bit e−1 of h), a correct run starts where h & ~s, an
+    incorrect run where ~h & (s | 1), a memorisation event where h & ~s beyond epoch 0, a
+    forgetting event where ~h & s; counts are popcounts.
     """
     if form not in DIFFICULTY_FORMS:
         raise StatisticsError(f"difficulty form {form!r}: expected one of {DIFFICULTY_FORMS}")
     if not 0 <= epochs <= MAX_EPOCHS:
         raise StatisticsError(f"difficulty: epochs = {epochs}, expected 0..{MAX_EPOCHS}")
-    shape, device = history.shape, history.device
     if epochs == 0:
-        return torch.zeros(shape, dtype=torch.float32, device=device)
+        return torch.zeros(history.shape, dtype=torch.float64, device=history.device)
+    mask = (1 << epochs) - 1
+    correct = history & mask
+    previous = (correct << 1) & mask
+    incorrect = ~correct & mask
     if form == "events":
-        memorised = torch.zeros(shape, dtype=torch.int32, device=device)
-        forgotten = torch.zeros(shape, dtype=torch.int32, device=device)
-        previous = (history & 1).bool()
-        for epoch in range(1, epochs):
-            current = ((history >> epoch) & 1).bool()
-            memorised += (current & ~previous).int()
-            forgotten += (previous & ~current).int()
-            previous = current
-        return (memorised - forgotten).float()
-    correct_epochs = torch.zeros(shape, dtype=torch.int32, device=device)
-    correct_runs = torch.zeros(shape, dtype=torch.int32, device=device)
-    incorrect_runs = torch.zeros(shape, dtype=torch.int32, device=device)
-    previous = None
-    for epoch in range(epochs):
-        current = ((history >> epoch) & 1).bool()
-        correct_epochs += current.int()
-        starts = torch.ones_like(current) if previous is None else current != previous
-        correct_runs += (starts & current).int()
-        incorrect_runs += (starts & ~current).int()
-        previous = current
-    incorrect_epochs = epochs - correct_epochs
-    mean_incorrect = torch.where(incorrect_runs > 0, incorrect_epochs / incorrect_runs.clamp(min=1),
-                                 torch.zeros((), device=device))
-    mean_correct = torch.where(correct_runs > 0, correct_epochs / correct_runs.clamp(min=1),
-                               torch.zeros((), device=device))
-    return (mean_incorrect - mean_correct).float()
+        memorised = popcount(correct & ~previous & (mask ^ 1))
+        forgotten = popcount(incorrect & previous)
+        return (memorised - forgotten).double()
+    correct_epochs = popcount(correct).double()
+    correct_runs = popcount(correct & ~previous).double()
+    incorrect_runs = popcount(incorrect & (previous | 1)).double()
+    zero = torch.zeros((), dtype=torch.float64, device=history.device)
+    mean_incorrect = torch.where(incorrect_runs > 0, (epochs - correct_epochs) / incorrect_runs.clamp(min=1), zero)
+    mean_correct = torch.where(correct_runs > 0, correct_epochs / correct_runs.clamp(min=1), zero)
+    return mean_incorrect - mean_correct
