@@ -84,3 +84,32 @@ def broadcast_object(value):
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
+    """Data-parallel gradient averaging in one flattened all-reduce (used instead of the DDP wrapper).
+
+    Why not `DistributedDataParallel`: the graph changes every step — top-k experts, absent
+    modalities and heads a method does not use leave different parameters without gradient
+    on different ranks, which DDP rejects even with `find_unused_parameters=True` (measured:
+    "Expected to have finished reduction in the prior iteration"). Here a parameter that has
+    no gradient on any rank keeps `grad=None` (Adam skips it, exactly as in a 1-worker run);
+    one that has a gradient on some rank gets the average, zeros standing in for the others.
+    """
+    if not is_distributed():
+        return
+    parameters = [p for p in parameters if p.requires_grad]
+    if not parameters:
+        return
+    device = parameters[0].device
+    has_gradient = torch.tensor([p.grad is not None for p in parameters], dtype=torch.float32, device=device)
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters])
+    dist.all_reduce(has_gradient)
+    dist.all_reduce(flat)
+    flat /= world_size()
+    offset = 0
+    for parameter, present in zip(parameters, has_gradient.tolist()):
+        count = parameter.numel()
+        if present:
+            parameter.grad = flat[offset:offset + count].view_as(parameter).clone()
+        offset += count

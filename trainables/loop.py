@@ -114,12 +114,8 @@ def run_training(loop_config: dict, report: ReportFunction,
                            label_name_embeddings=None if label_embeddings is None
                            else torch.from_numpy(np.asarray(label_embeddings, dtype=np.float32)))
     model.to(device)
-    core_model = model
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)  # top-k experts and absent modalities leave parameters unused
-    optimizer = torch.optim.Adam(core_model.parameters(), lr=config.learning_rate,
+    parameters = list(model.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate,
                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.cosine_t_max,
                                                            eta_min=config.cosine_eta_min)
@@ -129,7 +125,7 @@ def run_training(loop_config: dict, report: ReportFunction,
     history: list[dict] = []
     start_epoch = 1
     if resume_state is not None:
-        core_model.load_state_dict(resume_state.model)
+        model.load_state_dict(resume_state.model)
         optimizer.load_state_dict(resume_state.optimizer)
         scheduler.load_state_dict(resume_state.scheduler)
         method.load_state_dict(resume_state.method)
@@ -161,10 +157,11 @@ def run_training(loop_config: dict, report: ReportFunction,
             loss = weight * sum(terms.local.values()) + sum(terms.global_.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(parameters)   # DDP gradient averaging (see its docstring)
             optimizer.step()
             statistics.record_batch(positions, torch.sigmoid(output.logits.detach()), observed[positions])
             for name, value in {**terms.local, **terms.global_}.items():
-                term_sums[name] = term_sums.get(name, 0.0) + float(value.detach()) * len(global_batch)
+                term_sums[name] = term_sums.get(name, 0.0) + float(value.detach()) * len(positions)
         train_seconds = time.perf_counter() - epoch_start
 
         # 2.–3. statistics, selection, correction ------------------------------------------
@@ -177,7 +174,7 @@ def run_training(loop_config: dict, report: ReportFunction,
 
         # 4. diagnostics against clean labels (outside the method), evaluation -------------
         metrics: dict[str, Any] = {"epoch": epoch}
-        metrics.update(_train_terms(term_sums, num_train))
+        metrics.update(_train_terms(term_sums, num_train, device))
         metrics.update(_noise_metrics(noise))
         diagnostics = correction_diagnostics(
             corrected=outcome.corrected, observed=observed, clean=clean, flip_mask=flip_mask,
@@ -201,7 +198,7 @@ def run_training(loop_config: dict, report: ReportFunction,
         history.append(metrics)
 
         # 5. report + checkpoint --------------------------------------------------------
-        state = TrainingState(epoch=epoch, model=core_model.state_dict(), optimizer=optimizer.state_dict(),
+        state = TrainingState(epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                               scheduler=scheduler.state_dict(), method=method.state_dict(),
                               statistics=statistics.state_dict(), history=history)
         if rank == 0:
@@ -266,9 +263,13 @@ def _predict(model, dataset: CohortDataset, test_position_of: torch.Tensor, rank
     return full
 
 
-def _train_terms(term_sums: dict[str, float], num_train: int) -> dict[str, float]:
-    """Epoch means of the loss terms (weighted by global batch size)."""
-    metrics = {f"train/loss_{name}": total / num_train for name, total in term_sums.items()}
+def _train_terms(term_sums: dict[str, float], num_train: int, device: torch.device) -> dict[str, float]:
+    """Epoch means of the loss terms over the whole train split (rank sums all-reduced)."""
+    names = sorted(term_sums)
+    totals = torch.tensor([term_sums[n] for n in names], dtype=torch.float64, device=device)
+    if distributed.is_distributed():
+        torch.distributed.all_reduce(totals)
+    metrics = {f"train/loss_{name}": float(total) / num_train for name, total in zip(names, totals)}
     metrics["train/loss"] = sum(metrics.values())
     return metrics
 
