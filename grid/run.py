@@ -102,12 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from grid.sweeps import describe_sweeps, expand_sweep, format_trials, parse_set_arguments
 
     if args.list:
-        print(describe_sweeps(# Ray Train's controller polls its workers every 2 s by default; each epoch report and the end
-# of every trial wait for a poll. Measured on the quick preset: 0.25 s cuts ~1 s per epoch and
-# ~4 s per trial of pure waiting (bench/bench_grid.py).
-RAY_WORKER_ENVIRONMENT = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
-                          "TOKENIZERS_PARALLELISM": "false"}
-PAPER_L_AVG, PAPER_NUM_LABELS))
+        print(describe_sweeps(PAPER_L_AVG, PAPER_NUM_LABELS))
         print(f"(balanced rho- shown for L_avg={PAPER_L_AVG}; a run derives it from its cohort)")
         return 0
     if not args.sweep:
@@ -145,8 +140,9 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
     from grid.results import ERROR_STATUS, collect_experiment, write_results
     from grid.runner import Resources, build_tuner, restore_tuner
 
-    ray.init(address=args.address, include_dashboard=False if not args.address else None,
-             log_to_driver=False, runtime_env={"env_vars": RAY_WORKER_ENVIRONMENT})
+    if not ray.is_initialized():   # tests (and notebooks) may have started one already
+        ray.init(address=args.address, include_dashboard=False if not args.address else None,
+                 log_to_driver=False, runtime_env={"env_vars": RAY_WORKER_ENVIRONMENT})
     resources = Resources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker,
                           args.max_concurrent, args.max_failures)
     started = time.perf_counter()

@@ -28,7 +28,9 @@ def tiny_cohort(tmp_path_factory):
 def ray_session():
     import ray
 
+    from grid.run import RAY_WORKER_ENVIRONMENT
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"RAY_TRAIN_V2_ENABLED": "1", "HF_HUB_OFFLINE": "1"}})
+             runtime_env={"env_vars": {**RAY_WORKER_ENVIRONMENT, "HF_HUB_OFFLINE": "1"}})
     yield ray
     ray.shutdown()

@@ -67,6 +67,7 @@ class TrialConfig:
     fusion_heads: int = 2
     num_experts: int = 10
     top_k_experts: int = 2
+    noisy_gating: bool = True              # Shazeer noisy top-k gating in training (off: deterministic gate)
     dropout: float = 0.1
     moe_loss_weight: float = 0.01
     orthogonality_loss_weight: float = 0.01

@@ -89,11 +89,12 @@ class NoisyTopKExperts(nn.Module):
     the (sparse) gates, which gives the same outputs and gradients as sparse dispatch.
     """
 
-    def __init__(self, hidden: int, query_size: int, num_experts: int, k: int, noise_epsilon: float = 1e-2):
+    def __init__(self, hidden: int, query_size: int, num_experts: int, k: int, noise_epsilon: float = 1e-2,
+                 noisy: bool = True):
         super().__init__()
         if not 1 <= k <= num_experts:
             raise ValueError(f"config field 'top_k_experts' = {k}: expected 1 <= k <= num_experts ({num_experts})")
-        self.num_experts, self.k, self.noise_epsilon = num_experts, k, noise_epsilon
+        self.num_experts, self.k, self.noise_epsilon, self.noisy = num_experts, k, noise_epsilon, noisy
         # zero-initialised gates as in Shazeer et al. (all experts equally likely at the start)
         self.gate = nn.Parameter(torch.zeros(hidden, num_experts))
         self.query_gate = nn.Parameter(torch.zeros(query_size, num_experts))
@@ -107,7 +108,7 @@ class NoisyTopKExperts(nn.Module):
     def gates(self, inputs: torch.Tensor, queries: torch.Tensor, available: torch.Tensor):
         """-> (gates N×E with exactly k non-zero per row, importance E, load E) over available rows."""
         clean = inputs @ self.gate + queries @ self.query_gate
-        noisy_training = self.training and self.k < self.num_experts
+        noisy_training = self.noisy and self.training and self.k < self.num_experts
         if noisy_training:
             noise_std = functional.softplus(inputs @ self.noise) + self.noise_epsilon
             logits = clean + torch.randn_like(clean) * noise_std
@@ -151,7 +152,8 @@ class FlexCareBackbone(Backbone):
             nn.init.trunc_normal_(parameter, std=0.02)
         self.fusion = nn.ModuleList(TransformerLayer(hidden, config.fusion_heads, config.dropout)
                                     for _ in range(config.fusion_layers))
-        self.experts = NoisyTopKExperts(hidden, hidden, config.num_experts, config.top_k_experts)
+        self.experts = NoisyTopKExperts(hidden, hidden, config.num_experts, config.top_k_experts,
+                                        noisy=config.noisy_gating)
         self.pool_score = nn.Sequential(nn.Linear(2 * hidden, hidden, bias=False), nn.Tanh(),
                                         nn.Linear(hidden, 1, bias=False))
         self.pool_norm = nn.LayerNorm(hidden)
