@@ -7,6 +7,8 @@ sweep's ``provenance/*`` columns plus a per-trial ``provenance/config_hash``.
 
 Reads each trial folder's ``result.json`` (one JSON object per reported epoch). A resumed
 trial may report an epoch twice (before and after the interruption); the later line wins.
+An epoch whose report was checkpointed but never reached Tune (the driver died in between)
+is filled from the `history.json` of the trial's latest Ray Train checkpoint.
 No Ray import: this runs on a laptop over a copied experiment folder too.
 """
 from __future__ import annotations
@@ -22,6 +24,8 @@ from trainables.config import TrialConfig
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.parquet"
+TRAIN_RUNS_FOLDER = "train_runs"     # grid.runner puts each trial's Ray Train run here
+HISTORY_FILE = "history.json"        # trainables.loop writes it into every checkpoint
 METRIC_PREFIXES = ("test/", "train/", "correction/", "noise/", "time/", "artifact/")
 ERROR_STATUS = "ERROR"
 
@@ -38,6 +42,12 @@ def _trial_rows(result_file: Path) -> list[dict]:
     return rows
 
 
+def _checkpoint_history(train_run: Path) -> list[dict]:
+    """Per-epoch metrics kept in the trial's latest Ray Train checkpoint (`history.json`)."""
+    histories = [json.loads(path.read_text()) for path in train_run.glob(f"checkpoint_*/{HISTORY_FILE}")]
+    return max(histories, key=len, default=[])
+
+
 def collect_experiment(experiment_dir: str | Path, *, sweep: str, provenance: dict | None = None,
                        statuses: dict[str, str] | None = None) -> pd.DataFrame:
     """All trials' per-epoch reports of one Tune experiment as one tidy frame."""
@@ -51,8 +61,9 @@ def collect_experiment(experiment_dir: str | Path, *, sweep: str, provenance: di
             by_epoch[int(row["epoch"])] = row       # a resumed trial's later report wins
         if not by_epoch:
             continue
-        first = next(iter(by_epoch.values()))
-        trial = first["config"]["trial"]
+        trial = next(iter(by_epoch.values()))["config"]["trial"]
+        for row in _checkpoint_history(experiment_dir / TRAIN_RUNS_FOLDER / trial["name"]):
+            by_epoch.setdefault(int(row["epoch"]), row)   # reported before a driver died, never logged
         config = TrialConfig.from_dict(trial["config"])
         last_epoch = max(by_epoch)
         status = (statuses or {}).get(trial["name"])

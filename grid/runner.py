@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from grid.results import TRAIN_RUNS_FOLDER
 from grid.sweeps import Trial
 
 logger = logging.getLogger(__name__)
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
-TRAIN_RUNS_FOLDER = "train_runs"
 ARTIFACTS_FOLDER = "artifacts"
 
 

@@ -20,6 +20,7 @@ test hook that kills one worker process once), ``threads`` (torch intra-op threa
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -46,6 +47,7 @@ from trainables.statistics import PairStatistics
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
+HISTORY_FILE = "history.json"
 EVAL_BATCH_SIZE = 256
 
 ReportFunction = Callable[[dict[str, Any], "str | None"], None]
@@ -204,6 +206,9 @@ def run_training(loop_config: dict, report: ReportFunction,
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(state.__dict__, Path(folder) / CHECKPOINT_FILE)
+                # every epoch so far, readable without torch: results collection fills epochs
+                # whose report was lost when a driver died between checkpoint and report
+                (Path(folder) / HISTORY_FILE).write_text(json.dumps(history, default=str))
                 report(metrics, folder)
         else:
             report(metrics, None)
