@@ -27,7 +27,7 @@ def scaled_cosine_t_max(epochs: int) -> int:
     return max(1, round(PAPER_COSINE_T_MAX * epochs / PAPER_EPOCHS))
 
 
-_QUICK_EPOCHS = 6
+_QUICK_EPOCHS = 8
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {
@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "quick": {
         "trial": {
-            "epochs": _QUICK_EPOCHS, "warmup_epochs": 2, "batch_size": 64,
+            "epochs": _QUICK_EPOCHS, "warmup_epochs": 3, "batch_size": 32,
             "cosine_t_max": scaled_cosine_t_max(_QUICK_EPOCHS),
             "hidden_size": 64, "fusion_layers": 2, "num_experts": 4,
             "max_note_tokens": 64, "max_series_bins": 48,

@@ -290,7 +290,7 @@ def test_paper_preset_is_method_section_7():
 def test_quick_preset_is_smaller_and_valid_for_every_sweep():
     trial, runtime = preset_trial_defaults("quick"), preset_runtime("quick")
     assert trial["epochs"] < 30 and trial["warmup_epochs"] < trial["epochs"]
-    assert runtime["cosine_t_max"] == trial["cosine_t_max"] == 2       # 10 · 6/30
+    assert runtime["cosine_t_max"] == trial["cosine_t_max"] == round(10 * trial["epochs"] / 30)  # paper ratio 10/30
     assert {"seeds", "synthetic_cohort"} <= set(runtime)
     assert not set(runtime) & set(TrialConfig.field_names()) - {"cosine_t_max"}
     for name in SWEEPS:
