@@ -131,8 +131,24 @@ class CohortData:
     def text(self, key: str | None = None) -> TextFeatures:
         key = self.resolve_text_key(key or self.text_key)
         if key not in self._text:
-            self._text[key] = TextFeatures(self.directory / TEXT_FOLDER / key, key, self.num_stays)
+            features = TextFeatures(self.directory / TEXT_FOLDER / key, key, self.num_stays)
+            self._check_text_meta(features)
+            self._text[key] = features
         return self._text[key]
+
+    def _check_text_meta(self, features: TextFeatures) -> None:
+        """text/KEY/meta.json must agree with the manifest's record of KEY (a cache of another encoder
+        copied or left under this key would otherwise feed the model foreign features)."""
+        recorded = self.manifest["text"]["features"][features.key]
+        for name in ("encoder", "revision", "max_tokens", "dim"):
+            expected, found = recorded.get(name), features.meta.get(name)
+            if features.meta and expected is not None and found != expected:
+                raise CohortError(
+                    f"{features.directory / 'meta.json'}: field '{name}': text features {features.key!r} were "
+                    f"computed with {name} {found!r} (encoder {features.meta.get('encoder')!r}), but "
+                    f"{self.directory / 'manifest.json'} records {name} {expected!r} (encoder "
+                    f"{recorded.get('encoder')!r}) for this key; expected matching features (re-run "
+                    "`python -m data.prepare` with that encoder)")
 
     @property
     def note_dim(self) -> int:

@@ -268,6 +268,13 @@ def materialise(cohort: Cohort, out_dir: str | os.PathLike, *, max_bins: int = D
     features[info.key] = _feature_entry(Path(info.path), encoder, max_tokens)
 
     train = split == "train"
+    # reported, not an error: such a label gets no supervision, and mAP skips it wherever its test
+    # split has no positive (trainables.metrics counts those)
+    without_train_positive = [name for name, count in zip(cohort.label_names, labels[train].sum(axis=0))
+                              if count == 0]
+    if without_train_positive:
+        logger.warning("%d label(s) without a positive in the train split: %s", len(without_train_positive),
+                       without_train_positive)
     manifest = {
         "format_version": FORMAT_VERSION,
         "label_names": list(cohort.label_names),
@@ -278,6 +285,7 @@ def materialise(cohort: Cohort, out_dir: str | os.PathLike, *, max_bins: int = D
         "split_patients": {name: int(stays.loc[split == name, "patient_id"].nunique()) for name in SPLITS},
         "l_avg_train": float(labels[train].sum(axis=1).mean()) if train.any() else 0.0,
         "label_counts": {name: labels[split == name].sum(axis=0).astype(int).tolist() for name in SPLITS},
+        "labels_without_train_positive": without_train_positive,
         "series": {
             "channels": NUM_CHANNELS,
             "channel_names": list(channel_names()),

@@ -99,6 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (cohort / "manifest.json").is_file():
         print(f"error: {cohort}: not a materialised cohort (no manifest.json)", file=sys.stderr)
         return 2
+    from data.dataset import CohortData
+    from data.errors import CohortError
+
+    try:  # the checks every worker would run (arrays, text key, text meta) fail here, before Ray starts
+        CohortData(cohort, text_key=config.text_feature_key or None)
+    except CohortError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     import ray
 
