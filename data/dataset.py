@@ -143,12 +143,13 @@ class CohortData:
         for name in ("encoder", "revision", "max_tokens", "dim"):
             expected, found = recorded.get(name), features.meta.get(name)
             if features.meta and expected is not None and found != expected:
+                found_encoder = "" if name == "encoder" else f" (encoder {features.meta.get('encoder')!r})"
+                expected_encoder = "" if name == "encoder" else f" (encoder {recorded.get('encoder')!r})"
                 raise CohortError(
                     f"{features.directory / 'meta.json'}: field '{name}': text features {features.key!r} were "
-                    f"computed with {name} {found!r} (encoder {features.meta.get('encoder')!r}), but "
-                    f"{self.directory / 'manifest.json'} records {name} {expected!r} (encoder "
-                    f"{recorded.get('encoder')!r}) for this key; expected matching features (re-run "
-                    "`python -m data.prepare` with that encoder)")
+                    f"computed with {name} {found!r}{found_encoder}, but {self.directory / 'manifest.json'} "
+                    f"records {name} {expected!r}{expected_encoder} for this key; expected matching features "
+                    "(re-run `python -m data.prepare` with that encoder)")
 
     @property
     def note_dim(self) -> int:
