@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--workers-per-trial", type=int, default=1)
     cluster.add_argument("--cpus-per-worker", type=float, default=1.0)
     cluster.add_argument("--gpus-per-worker", type=float, default=0.0, help="fractions share a GPU")
-    cluster.add_argument("--max-concurrent", type=int, default=0, help="0: as many as resources allow")
+    cluster.add_argument("--max-concurrent", type=int, default=0,
+                         help="0: as many as the cluster's current resources fit (set it on autoscaling clusters)")
     cluster.add_argument("--max-failures", type=int, default=2)
     cluster.add_argument("--storage", default="./runs", help="local path or pyarrow URI (s3://...)")
     cluster.add_argument("--name", default=None, help="experiment name (default: the sweep name)")
@@ -132,6 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     return run_sweep(args, trials, cohort_dir, manifest, storage, experiment, experiment_dir)
 
 
+def fitting_trials(cluster: dict, args) -> int:
+    """How many trials the cluster's *current* resources run at once (>= 1).
+
+    The Tune driver of a trial reserves no CPU (it only waits), so without this cap Tune would
+    start every trial's driver at once and leave them queueing for worker groups. On an
+    autoscaling cluster that starts without GPU nodes pass --max-concurrent explicitly.
+    """
+    per_trial_cpus = args.workers_per_trial * args.cpus_per_worker
+    fits = int(cluster.get("CPU", 0) // per_trial_cpus) if per_trial_cpus else 1
+    if args.gpus_per_worker:
+        fits = min(fits, int(cluster.get("GPU", 0) // (args.workers_per_trial * args.gpus_per_worker)))
+    return max(1, fits)
+
+
 def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, experiment: str,
               experiment_dir: str) -> int:
     import ray
@@ -144,7 +159,8 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
         ray.init(address=args.address, include_dashboard=False if not args.address else None,
                  log_to_driver=False, runtime_env={"env_vars": RAY_WORKER_ENVIRONMENT})
     resources = Resources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker,
-                          args.max_concurrent, args.max_failures)
+                          args.max_concurrent or fitting_trials(ray.cluster_resources(), args),
+                          args.max_failures)
     started = time.perf_counter()
     if args.resume:
         tuner = restore_tuner(experiment_dir)

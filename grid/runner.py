@@ -38,7 +38,7 @@ class Resources:
     workers_per_trial: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
-    max_concurrent: int = 0          # 0 -> as many as the cluster fits
+    max_concurrent: int = 1
     max_failures: int = 2            # Tune trial retries; Ray Train worker-group restarts alike
 
 
@@ -99,7 +99,7 @@ def build_tuner(trials: Sequence[Trial], *, experiment_name: str, storage: str, 
     return tune.Tuner(
         _trainable(),
         param_space=param_space,
-        tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent or None,
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent,
                                     trial_dirname_creator=trial_dirname,
                                     trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(name=experiment_name, storage_path=storage,
