@@ -1,8 +1,9 @@
 """Benchmark: grid throughput and Ray's per-trial overhead for the quick preset.
 
-Runs `python grid/run.py` twice on the same embedded cohort and trials — `--max-concurrent 1`
-and `--max-concurrent 2` — and prints from each run's `results.parquet` and Tune's per-trial
-`result.json`:
+Runs `python grid/run.py` on the same embedded cohort and trials three ways — in-process
+trials (`--workers-per-trial 0`, the quick preset's default) with `--max-concurrent 1` and 2,
+and one-worker Ray Train worker groups (`--workers-per-trial 1`) with `--max-concurrent 2` —
+and prints from each run's `results.parquet` and Tune's per-trial `result.json`:
 
   - trials per hour (trials / sweep wall time of `tuner.fit()`)
   - Ray's per-trial overhead: the Tune trial's time to its first report minus the loop's own
@@ -32,12 +33,12 @@ def first_and_last_report(trial_dir: Path) -> tuple[float, float]:
     return lines[0]["time_total_s"], lines[-1]["time_total_s"]
 
 
-def run(concurrency: int, trials: int, storage: Path, extra: list[str]) -> dict:
-    name = f"concurrent{concurrency}"
+def run(workers: int, concurrency: int, trials: int, storage: Path, extra: list[str]) -> dict:
+    name = f"workers{workers}_concurrent{concurrency}"
     shutil.rmtree(storage / name, ignore_errors=True)
     command = [sys.executable, str(REPOSITORY / "grid" / "run.py"), "--sweep", "lambda_cons", "--seeds", "30",
                "--noise", "symmetric:0.2,0.2", "--set", "lambda_cons=" + ",".join(LAMBDAS[:trials]),
-               "--max-concurrent", str(concurrency), "--storage", str(storage), "--name", name,
+               "--max-concurrent", str(concurrency), "--workers-per-trial", str(workers), "--storage", str(storage), "--name", name,
                "--no-report", *extra]
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
@@ -50,7 +51,7 @@ def run(concurrency: int, trials: int, storage: Path, extra: list[str]) -> dict:
         overhead = first_tune - first_loop
         overheads.append(overhead)
         shares.append(overhead / last_tune)
-    return {"concurrency": concurrency, "trials": frame["trial_id"].nunique(), "wall_s": wall,
+    return {"workers": workers, "concurrency": concurrency, "trials": frame["trial_id"].nunique(), "wall_s": wall,
             "trials_per_hour": 3600 * frame["trial_id"].nunique() / wall,
             "overhead_s": sum(overheads) / len(overheads), "overhead_share": sum(shares) / len(shares),
             "trial_s": float(frame.groupby("trial_id")["time/trial_wall_s"].max().mean())}
@@ -62,12 +63,16 @@ def main() -> None:
     parser.add_argument("--storage", default="/tmp/bench_grid")
     args, extra = parser.parse_known_args()
     storage = Path(args.storage).resolve()
-    results = [run(c, args.trials, storage, extra) for c in (1, 2)]
+    results = [run(w, c, args.trials, storage, extra) for w, c in ((0, 1), (0, 2), (1, 2))]
     for r in results:
-        print(f"max-concurrent {r['concurrency']}: {r['trials']} trials in {r['wall_s']:.0f} s "
+        mode = "in-process trials" if r["workers"] == 0 else f"{r['workers']}-worker groups"
+        print(f"{mode}, max-concurrent {r['concurrency']}: {r['trials']} trials in {r['wall_s']:.0f} s "
               f"= {r['trials_per_hour']:.0f} trials/h; loop time per trial {r['trial_s']:.0f} s; "
               f"Ray overhead to first epoch {r['overhead_s']:.1f} s = {r['overhead_share']:.1%} of a trial")
-    print(f"throughput ratio (2 vs 1 concurrent) = {results[1]['trials_per_hour'] / results[0]['trials_per_hour']:.2f}")
+    print(f"throughput ratio, in-process 2 vs 1 concurrent = "
+          f"{results[1]['trials_per_hour'] / results[0]['trials_per_hour']:.2f}; "
+          f"in-process vs worker groups at 2 concurrent = "
+          f"{results[1]['trials_per_hour'] / results[2]['trials_per_hour']:.2f}")
 
 
 if __name__ == "__main__":

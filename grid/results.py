@@ -42,9 +42,11 @@ def _trial_rows(result_file: Path) -> list[dict]:
     return rows
 
 
-def _checkpoint_history(train_run: Path) -> list[dict]:
-    """Per-epoch metrics kept in the trial's latest Ray Train checkpoint (`history.json`)."""
-    histories = [json.loads(path.read_text()) for path in train_run.glob(f"checkpoint_*/{HISTORY_FILE}")]
+def _checkpoint_history(*folders: Path) -> list[dict]:
+    """Per-epoch metrics kept in the trial's latest checkpoint (`history.json`): Ray Train's
+    run folder for worker-group trials, the Tune trial folder for in-process ones."""
+    histories = [json.loads(path.read_text()) for folder in folders
+                 for path in folder.glob(f"checkpoint_*/{HISTORY_FILE}")]
     return max(histories, key=len, default=[])
 
 
@@ -62,7 +64,8 @@ def collect_experiment(experiment_dir: str | Path, *, sweep: str, provenance: di
         if not by_epoch:
             continue
         trial = next(iter(by_epoch.values()))["config"]["trial"]
-        for row in _checkpoint_history(experiment_dir / TRAIN_RUNS_FOLDER / trial["name"]):
+        for row in _checkpoint_history(experiment_dir / TRAIN_RUNS_FOLDER / trial["name"],
+                                       result_file.parent):
             by_epoch.setdefault(int(row["epoch"]), row)   # reported before a driver died, never logged
         config = TrialConfig.from_dict(trial["config"])
         last_epoch = max(by_epoch)

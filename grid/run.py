@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TrialConfig override; a comma list widens the grid")
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--address", default=None, help="Ray address ('auto' after `ray up`); default: local Ray")
-    cluster.add_argument("--workers-per-trial", type=int, default=1)
+    cluster.add_argument("--workers-per-trial", type=int, default=None,
+                         help="Ray Train DDP workers per trial; 0 runs the loop in the Tune trial's own "
+                              "process (no worker group). Default: 0 for the quick preset, 1 otherwise")
     cluster.add_argument("--cpus-per-worker", type=float, default=1.0)
     cluster.add_argument("--gpus-per-worker", type=float, default=0.0, help="fractions share a GPU")
     cluster.add_argument("--max-concurrent", type=int, default=0,
@@ -110,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --sweep NAME is required (see --list)", file=sys.stderr)
         return 2
     preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
+    if args.workers_per_trial is None:
+        args.workers_per_trial = 0 if preset == "quick" else 1
+    if args.workers_per_trial < 0:
+        print("error: --workers-per-trial must be >= 0", file=sys.stderr)
+        return 2
     runtime = preset_runtime(preset)
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     experiment = args.name or args.sweep
@@ -123,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                               seeds=args.seeds, noise=args.noise, methods=args.methods,
                               overrides=parse_set_arguments(args.set), preset=preset_trial_defaults(preset),
                               preset_seeds=runtime["seeds"])
+        from data.dataset import CohortData
+
+        for key in sorted({t.config["text_feature_key"] for t in trials}):
+            CohortData(cohort_dir, text_key=key or None).text()   # unknown key / other encoder: error now
     except (ConfigError, CohortError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -140,10 +151,11 @@ def fitting_trials(cluster: dict, args) -> int:
     start every trial's driver at once and leave them queueing for worker groups. On an
     autoscaling cluster that starts without GPU nodes pass --max-concurrent explicitly.
     """
-    per_trial_cpus = args.workers_per_trial * args.cpus_per_worker
+    workers = max(1, args.workers_per_trial)     # an in-process trial holds one worker's share
+    per_trial_cpus = workers * args.cpus_per_worker
     fits = int(cluster.get("CPU", 0) // per_trial_cpus) if per_trial_cpus else 1
     if args.gpus_per_worker:
-        fits = min(fits, int(cluster.get("GPU", 0) // (args.workers_per_trial * args.gpus_per_worker)))
+        fits = min(fits, int(cluster.get("GPU", 0) // (workers * args.gpus_per_worker)))
     return max(1, fits)
 
 

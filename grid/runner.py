@@ -43,11 +43,12 @@ class Resources:
 
 
 def run_trial(param: dict) -> None:
-    """Tune function trainable: one TorchTrainer job for one trial (the V2 driver pattern)."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+    """Tune function trainable: one TorchTrainer job for one trial (the V2 driver pattern).
 
-    from trainables.train import build_trainer
-
+    With ``workers_per_trial == 0`` the trial runs the same loop inside the Tune trial's own
+    process instead (single process, no worker group), reporting and checkpointing through
+    `ray.tune` — see `run_trial_in_process` for when and why.
+    """
     trial, runtime = param["trial"], param["runtime"]
     experiment = Path(runtime["experiment_dir"]) if "://" not in runtime["experiment_dir"] else None
     loop_config = {
@@ -57,12 +58,43 @@ def run_trial(param: dict) -> None:
         "artifact_dir": str(experiment / ARTIFACTS_FOLDER / trial["name"]) if experiment else None,
         "fail_once": _fail_hook(runtime, trial["name"]),
     }
+    if runtime["workers_per_trial"] == 0:
+        run_trial_in_process(loop_config)
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from trainables.train import build_trainer
+
     trainer = build_trainer(
         loop_config, workers=runtime["workers_per_trial"], cpus_per_worker=runtime["cpus_per_worker"],
         gpus_per_worker=runtime["gpus_per_worker"],
         storage_path=f"{runtime['experiment_dir'].rstrip('/')}/{TRAIN_RUNS_FOLDER}",
         name=trial["name"], max_failures=runtime["max_failures"], callbacks=[TuneReportCallback()])
     trainer.fit()
+
+
+def run_trial_in_process(loop_config: dict) -> None:
+    """The loop in the Tune trial's process: for trials too small to pay for a worker group.
+
+    Measured on the quick preset here (bench/bench_grid.py): starting a Ray Train controller
+    and worker group costs ~19 s before the first epoch of a ~35 s trial when two trials start
+    together on 2 cores (over a third of the trial). In-process trials skip that; resume goes
+    through Tune's checkpoints (`tune.get_checkpoint`) with the same `state.pt` the workers write.
+    """
+    from ray import tune
+
+    from trainables.loop import load_training_state, run_training
+
+    resume_state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_state = load_training_state(folder)
+
+    def report(metrics: dict, checkpoint_dir: str | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
+
+    run_training(loop_config, report, resume_state)
 
 
 def _fail_hook(runtime: dict, trial_name: str) -> dict | None:
@@ -104,6 +136,7 @@ def build_tuner(trials: Sequence[Trial], *, experiment_name: str, storage: str, 
                                     trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(name=experiment_name, storage_path=storage,
                                   failure_config=tune.FailureConfig(max_failures=resources.max_failures),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                                   progress_reporter=_reporter(), verbose=1),
     )
 
@@ -119,11 +152,19 @@ def restore_tuner(experiment_dir: str):
 
 
 def _trainable():
-    # The driver only waits on the TorchTrainer, whose workers hold the trial's CPUs/GPUs.
-    # Tune refuses an all-zero request, so the driver asks for one byte of memory instead.
     from ray import tune
 
-    return tune.with_resources(run_trial, {"cpu": 0, "memory": 1})
+    return tune.with_resources(run_trial, _driver_resources)
+
+
+def _driver_resources(config: dict) -> dict:
+    # A worker-group trial's driver only waits on the TorchTrainer, whose workers hold the
+    # trial's CPUs/GPUs; Tune refuses an all-zero request, so it asks for one byte of memory.
+    # An in-process trial (0 workers) trains in the driver and holds one worker's resources.
+    runtime = config["runtime"]
+    if runtime["workers_per_trial"] == 0:
+        return {"cpu": runtime["cpus_per_worker"], "gpu": runtime["gpus_per_worker"]}
+    return {"cpu": 0, "memory": 1}
 
 
 def _reporter():

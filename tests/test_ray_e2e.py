@@ -145,3 +145,23 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning(ray_session, tiny_coh
     frame = pd.read_parquet(experiment / "results.parquet")
     assert frame.groupby("trial_id")["epoch"].apply(list).tolist() == [list(range(1, epochs + 1))] * 2
     assert set(frame["status"]) == {"TERMINATED"}
+
+
+def test_every_method_runs_through_the_grid_in_process_trials(ray_session, tiny_cohort, tmp_path):
+    """The `main` sweep's ten methods/backbones, two epochs each, as in-process Tune trials."""
+    from grid.run import main
+    from grid.sweeps import COMPARISON_METHODS
+
+    settings = [item for key, value in {**TINY, "warmup_epochs": 1}.items()
+                for item in ("--set", f"{key}={value}")]
+    arguments = ["--sweep", "main", "--data", str(tiny_cohort), "--preset", "quick", "--seeds", "30",
+                 "--noise", "symmetric:0.4,0.4", *settings, "--workers-per-trial", "0",
+                 "--storage", str(tmp_path), "--no-report"]
+    assert main(arguments) == 0
+    frame = pd.read_parquet(tmp_path / "main" / "results.parquet")
+    last = frame[frame["is_last_epoch"]]
+    assert len(last) == len(COMPARISON_METHODS) == 10
+    assert set(last["config/variant"]) == {arm.label for arm in COMPARISON_METHODS}
+    assert last["test/mAP"].between(0, 1).all() and np.isfinite(last["train/loss"]).all()
+    assert last.loc[last["config/method"] == "miracl", "correction/active"].all()
+    assert not last.loc[last["config/method"] != "miracl", "correction/active"].any()
