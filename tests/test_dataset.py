@@ -1,10 +1,8 @@
 """CohortData / CohortDataset / collate: shapes, padding, missing modalities, DataLoader workers."""
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -18,36 +16,17 @@ from data.dataset import CohortData, CohortDataset, collate
 from data.errors import CohortError
 from data.materialise import materialise
 from data.schema import VARIABLE_NAMES, channel_names
+from fake_text import make_fake_text_features
 
 HR = channel_names().index("Heart Rate")
 MASK_HR = channel_names().index("mask->Heart Rate")
 DIM = 3
 
 
-def write_fake_text(cohort_dir, texts, *, label_names, encoder, max_tokens, batch_size, progress):
-    """One token per word; token j of note i has features (i, j, 1)."""
-    key = f"{encoder}-{max_tokens}"
-    target = Path(cohort_dir) / "text" / key
-    if (target / "meta.json").is_file():
-        return SimpleNamespace(key=key, reused=True, path=target, seconds=0.0)
-    target.mkdir(parents=True)
-    counts = np.array([min(len(t.split()), max_tokens) for t in texts], dtype=np.int64)
-    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
-    owner = np.repeat(np.arange(len(texts)), counts)
-    position = np.arange(offsets[-1]) - offsets[owner]
-    features = np.stack([owner, position, np.ones_like(owner)], axis=1).astype(np.float16)
-    np.save(target / "token_features.npy", features)
-    np.save(target / "token_offsets.npy", offsets)
-    np.save(target / "label_embeddings.npy", np.ones((len(label_names), DIM), np.float32))
-    (target / "meta.json").write_text(json.dumps({"encoder": encoder, "revision": "r", "max_tokens": max_tokens,
-                                                  "dim": DIM}))
-    return SimpleNamespace(key=key, reused=False, path=target, seconds=0.0)
-
-
 def build_cohort(tmp_path: Path, monkeypatch, *, encoders=("fake",)) -> Path:
     """6 stays: 0 full, 1 no note, 2 no series, 3 neither, 4 long (10 bins), 5 test."""
-    monkeypatch.setattr(materialise_module, "_ensure_text_features",
-                        lambda out, notes, **kw: write_fake_text(out, notes, **kw))
+    # one token per word; token j of note i has features (i, j, 1)
+    monkeypatch.setattr(materialise_module, "_ensure_text_features", make_fake_text_features(dim=DIM, revision="r"))
     stays = pd.DataFrame({
         "stay": [f"s{i}" for i in range(6)],
         "patient_id": np.array([7, 7, 8, 9, 10, 11], dtype=np.int64),

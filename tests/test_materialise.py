@@ -1,10 +1,6 @@
 """Materialised cohort directory (CONTRACTS layout): files, manifest, content hash, reuse."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from types import SimpleNamespace
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,38 +10,18 @@ from data.cohort import Cohort
 from data.errors import CohortError
 from data.materialise import load_manifest, materialise
 from data.schema import VARIABLE_NAMES, channel_names
+from fake_text import make_fake_text_features
 
 NAMES = channel_names()
-
-
-def fake_text_features(calls: list):
-    """Stand-in for data.text_features.ensure_text_features: one token per word, D = 4."""
-    def ensure(cohort_dir, texts, *, label_names, encoder, max_tokens, batch_size, progress):
-        calls.append({"encoder": encoder, "max_tokens": max_tokens})
-        key = f"{encoder}-{max_tokens}"
-        target = Path(cohort_dir) / "text" / key
-        if (target / "meta.json").is_file():
-            return SimpleNamespace(key=key, reused=True, path=target, seconds=0.0)
-        target.mkdir(parents=True)
-        counts = np.array([min(len(t.split()), max_tokens) for t in texts], dtype=np.int64)
-        offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
-        features = (np.arange(offsets[-1] * 4).reshape(-1, 4) % 7).astype(np.float16)
-        np.save(target / "token_features.npy", features)
-        np.save(target / "token_offsets.npy", offsets)
-        np.save(target / "label_embeddings.npy", np.ones((len(label_names), 4), np.float32))
-        (target / "meta.json").write_text(json.dumps({"encoder": encoder, "revision": "r1",
-                                                      "max_tokens": max_tokens, "dim": 4}))
-        return SimpleNamespace(key=key, reused=False, path=target, seconds=0.1)
-    return ensure
 
 
 @pytest.fixture
 def text_calls(monkeypatch):
     calls: list = []
+    # one token per word, D = 4; encoder None stands for "fake"
     monkeypatch.setattr(materialise_module, "_ensure_text_features",
-                        lambda out, notes, **kw: fake_text_features(calls)(
-                            out, notes, label_names=kw["label_names"], encoder=kw["encoder"] or "fake",
-                            max_tokens=kw["max_tokens"], batch_size=kw["batch_size"], progress=kw["progress"]))
+                        make_fake_text_features(dim=4, values="modulo", default_encoder="fake", revision="r1",
+                                                seconds=0.1, calls=calls))
     return calls
 
 

@@ -1,11 +1,8 @@
 """`python -m data.prepare` / `prepare_cohort`: sources, exit codes, logging, end to end."""
 from __future__ import annotations
 
-import importlib.util
-import json
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -17,31 +14,12 @@ from data.errors import CohortError
 from data.materialise import load_manifest
 from data.prepare import main, parse_source, prepare_cohort
 from data.schema import TIMESERIES_HEADER
-
-HAS_SYNTHETIC = importlib.util.find_spec("data.synthetic") is not None
-HAS_TEXT_FEATURES = importlib.util.find_spec("data.text_features") is not None
-
-
-def fake_text(cohort_dir, texts, *, label_names, encoder, max_tokens, batch_size, progress):
-    key = f"fake-{max_tokens}"
-    target = Path(cohort_dir) / "text" / key
-    if (target / "meta.json").is_file():
-        return SimpleNamespace(key=key, reused=True, path=target, seconds=0.0)
-    target.mkdir(parents=True)
-    counts = np.array([min(len(t.split()), max_tokens) for t in texts], dtype=np.int64)
-    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
-    np.save(target / "token_features.npy", np.ones((offsets[-1], 2), np.float16))
-    np.save(target / "token_offsets.npy", offsets)
-    np.save(target / "label_embeddings.npy", np.ones((len(label_names), 2), np.float32))
-    (target / "meta.json").write_text(json.dumps({"encoder": "fake", "revision": "0", "max_tokens": max_tokens,
-                                                  "dim": 2}))
-    return SimpleNamespace(key=key, reused=False, path=target, seconds=0.0)
-
+from fake_text import make_fake_text_features
 
 @pytest.fixture
 def fake_encoder(monkeypatch):
     monkeypatch.setattr(materialise_module, "_ensure_text_features",
-                        lambda out, notes, **kw: fake_text(out, notes, **kw))
+                        make_fake_text_features(dim=2, values="ones", key_prefix="fake", revision="0"))
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -102,7 +80,6 @@ def test_prepare_mimic4_assigns_a_patient_split(tmp_path, fake_encoder):
     np.testing.assert_array_equal(np.load(out / "labels.npy"), np.maximum(np.asarray(labels), 0))
 
 
-@pytest.mark.skipif(not HAS_SYNTHETIC, reason="data.synthetic (another helper's module) is not written yet")
 def test_cli_synthetic_logs_stages_and_reuse(tmp_path, caplog, capsys, fake_encoder):
     arguments = ["--source", "synthetic", "--out", str(tmp_path / "c"), "--patients", "12", "--hours", "8",
                  "--max-tokens", "16", "--quiet"]
@@ -124,8 +101,6 @@ def test_cli_synthetic_logs_stages_and_reuse(tmp_path, caplog, capsys, fake_enco
     assert manifest["source"]["synthetic"]["num_patients"] == 12
 
 
-@pytest.mark.skipif(not (HAS_SYNTHETIC and HAS_TEXT_FEATURES),
-                    reason="data.synthetic / data.text_features (other helpers' modules) are not written yet")
 def test_end_to_end_tiny_synthetic_with_the_real_encoder(tmp_path):
     out = prepare_cohort("synthetic", tmp_path / "c", patients=8, hours=6, max_tokens=24, progress=False)
     manifest = load_manifest(out)
