@@ -23,6 +23,9 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # Tune's CLIReporter with our metric columns
+# Every epoch checkpoints and Tune (num_to_keep=2) then snapshots its experiment state, which is
+# what lets --resume skip finished trials; its "snapshotting too often" warning is expected here.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 from trainables.config import ConfigError  # noqa: E402
 
