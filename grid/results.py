@@ -86,6 +86,25 @@ def collect_experiment(experiment_dir: str | Path, *, sweep: str, provenance: di
     return frame
 
 
+def fetch_result_files(experiment_uri: str, local_dir: str | Path) -> Path:
+    """Copy a remote experiment's `result.json` and checkpoint `history.json` files (only
+    those: checkpoints and artifacts stay remote) to `local_dir`, keeping relative paths, so
+    `collect_experiment` can read an experiment stored on any pyarrow filesystem (s3://, gs://)."""
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(experiment_uri)
+    local_dir = Path(local_dir)
+    wanted = ("result.json", HISTORY_FILE)
+    for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=True)):
+        if info.type != pyarrow.fs.FileType.File or info.base_name not in wanted:
+            continue
+        target = local_dir / Path(info.path).relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with filesystem.open_input_stream(info.path) as stream:
+            target.write_bytes(stream.read())
+    return local_dir
+
+
 def write_results(frame: pd.DataFrame, experiment_dir: str | Path) -> str:
     """Write `results.parquet` into the experiment folder (local path or pyarrow URI)."""
     import pyarrow as pa

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -167,7 +168,7 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
     import ray
 
     from grid.provenance import sweep_provenance
-    from grid.results import ERROR_STATUS, collect_experiment, write_results
+    from grid.results import ERROR_STATUS, collect_experiment, fetch_result_files, write_results
     from grid.runner import Resources, build_tuner, restore_tuner
 
     if not ray.is_initialized():   # tests (and notebooks) may have started one already
@@ -190,8 +191,11 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
         statuses[name] = ERROR_STATUS if result.error else "TERMINATED"
         if result.error:
             failed.append(f"{name}: {type(result.error).__name__}: {str(result.error).splitlines()[0][:200]}")
-    frame = collect_experiment(experiment_dir, sweep=args.sweep, statuses=statuses,
-                               provenance=sweep_provenance(manifest))
+    with tempfile.TemporaryDirectory() as scratch:
+        local = fetch_result_files(experiment_dir, scratch) if "://" in experiment_dir else experiment_dir
+        frame = collect_experiment(local, sweep=args.sweep, statuses=statuses,
+                                   provenance=sweep_provenance(manifest))
+    frame["experiment"] = experiment
     results_path = write_results(frame, experiment_dir)
     print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; results: {results_path}")
     if failed:
