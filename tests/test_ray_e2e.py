@@ -147,15 +147,15 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning(ray_session, tiny_coh
     assert set(frame["status"]) == {"TERMINATED"}
 
 
-def test_every_method_runs_through_the_grid_in_process_trials(ray_session, tiny_cohort, tmp_path):
-    """The `main` sweep's ten methods/backbones, two epochs each, as in-process Tune trials."""
+def test_every_method_runs_through_the_ddp_grid(ray_session, tiny_cohort, tmp_path):
+    """The `main` sweep's ten methods/backbones, two epochs each, each a 2-worker DDP trial."""
     from grid.run import main
     from grid.sweeps import COMPARISON_METHODS
 
     settings = [item for key, value in {**TINY, "warmup_epochs": 1}.items()
                 for item in ("--set", f"{key}={value}")]
     arguments = ["--sweep", "main", "--data", str(tiny_cohort), "--preset", "quick", "--seeds", "30",
-                 "--noise", "symmetric:0.4,0.4", *settings, "--workers-per-trial", "0",
+                 "--noise", "symmetric:0.4,0.4", *settings, "--workers-per-trial", "2",
                  "--storage", str(tmp_path), "--no-report"]
     assert main(arguments) == 0
     frame = pd.read_parquet(tmp_path / "main" / "results.parquet")

@@ -23,44 +23,41 @@ def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
-def all_gather_variable(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
-    """Every rank's `tensor` (first dims may differ across ranks; trailing dims must agree).
-
-    No autograd: used for statistics, predictions and indices. Pads to the largest first
-    dimension, gathers, and trims each piece back to its true length.
-    """
-    if not is_distributed():
-        return [tensor]
+def _padded_to_longest(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """`tensor` zero-padded along dim 0 to the largest first dimension of all ranks, and
+    every rank's true length."""
     length = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.int64)
     lengths = [torch.zeros_like(length) for _ in range(world_size())]
     dist.all_gather(lengths, length)
-    longest = int(max(int(x.item()) for x in lengths))
-    padded = torch.zeros((longest,) + tuple(tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor
-    pieces = [torch.zeros_like(padded) for _ in range(world_size())]
+    lengths = [int(n.item()) for n in lengths]
+    pad = max(lengths) - tensor.shape[0]
+    if pad:
+        tensor = torch.cat([tensor, tensor.new_zeros((pad,) + tuple(tensor.shape[1:]))])
+    return tensor, lengths
+
+
+def all_gather_variable(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
+    """Every rank's `tensor` (first dims may differ across ranks; trailing dims must agree).
+
+    No autograd: used for statistics, predictions and indices.
+    """
+    if not is_distributed():
+        return [tensor]
+    padded, lengths = _padded_to_longest(tensor)
+    pieces = [torch.zeros_like(padded) for _ in lengths]
     dist.all_gather(pieces, padded)
-    return [piece[: int(n.item())] for piece, n in zip(pieces, lengths)]
+    return [piece[:n] for piece, n in zip(pieces, lengths)]
 
 
 def autograd_all_gather(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
-    """All ranks' `tensor` with gradients flowing back to each rank's own piece.
-
-    First dimensions may differ across ranks (padded, gathered with
-    `torch.distributed.nn.functional.all_gather`, then trimmed).
-    """
+    """All ranks' `tensor` with gradients flowing back to each rank's own piece
+    (`torch.distributed.nn.functional.all_gather`; first dimensions may differ)."""
     if not is_distributed():
         return [tensor]
     from torch.distributed.nn.functional import all_gather as differentiable_all_gather
 
-    length = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.int64)
-    lengths = [torch.zeros_like(length) for _ in range(world_size())]
-    dist.all_gather(lengths, length)
-    longest = int(max(int(x.item()) for x in lengths))
-    pad = longest - tensor.shape[0]
-    if pad:
-        tensor = torch.cat([tensor, tensor.new_zeros((pad,) + tuple(tensor.shape[1:]))])
-    pieces = differentiable_all_gather(tensor)
-    return [piece[: int(n.item())] for piece, n in zip(pieces, lengths)]
+    padded, lengths = _padded_to_longest(tensor)
+    return [piece[:n] for piece, n in zip(differentiable_all_gather(padded), lengths)]
 
 
 def gather_rows(index: torch.Tensor, values: torch.Tensor, total: int) -> torch.Tensor:
