@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -11,7 +12,14 @@ LIBRARIES = ("torch", "ray", "transformers", "scikit-learn", "numpy", "pandas", 
 
 
 def code_version(repository: Path | None = None) -> tuple[str, bool]:
-    """(git commit or 'miracl-grid==<version>', dirty flag) of the code that runs the sweep."""
+    """(git commit or 'miracl-grid==<version>', dirty flag) of the code that runs the sweep.
+
+    `MIRACL_CODE_VERSION` (e.g. set by `ray job submit` from the submitting checkout, whose
+    synced copy on the cluster has no .git) takes precedence; a trailing '+dirty' sets the flag.
+    """
+    declared = os.environ.get("MIRACL_CODE_VERSION")
+    if declared:
+        return declared.removesuffix("+dirty"), declared.endswith("+dirty")
     repository = repository or Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "-C", str(repository), "rev-parse", "HEAD"], check=True,

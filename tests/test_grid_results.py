@@ -47,3 +47,15 @@ def test_fetch_copies_only_result_and_history_files(tmp_path):
     assert copied == ["a/result.json", "train_runs/a/checkpoint_000/history.json"]
     frame = collect_experiment(local, sweep="s")
     assert frame["epoch"].tolist() == [1, 2]
+
+
+def test_code_version_prefers_the_declared_version(monkeypatch):
+    from grid.provenance import code_version
+
+    monkeypatch.setenv("MIRACL_CODE_VERSION", "abc123+dirty")
+    assert code_version() == ("abc123", True)
+    monkeypatch.setenv("MIRACL_CODE_VERSION", "abc123")
+    assert code_version() == ("abc123", False)
+    monkeypatch.delenv("MIRACL_CODE_VERSION")
+    commit, _ = code_version()
+    assert len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)   # this checkout's git HEAD
