@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 
 from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLES
+from series_layout import series_line
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 TRACEBACK = "Traceback (most recent call last)"
@@ -37,16 +38,6 @@ TIMEOUT_S = 120
 # --------------------------------------------------------------------------- a tiny mimic3 layout
 EYE_OPENING = "Glascow coma scale eye opening"
 EYE_CATEGORIES = next(v.categories for v in VARIABLES if v.name == EYE_OPENING)
-
-
-def series_line(hours: str, **cells: str) -> str:
-    """One series CSV line: Hours then the 17 variables; keyword names use '_' for spaces."""
-    values = {name: "" for name in TIMESERIES_HEADER[1:]}
-    for key, value in cells.items():
-        name = key.replace("_", " ")
-        assert name in values, name
-        values[name] = value
-    return ",".join([hours, *values.values()])
 
 
 @dataclass

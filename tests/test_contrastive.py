@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 
 import pytest
 import torch
 import torch.distributed as distributed
-import torch.multiprocessing as multiprocessing
 
+from gloo import run_on_gloo
 from trainables.contrastive import ContrastiveError, patient_contrastive_loss
 
 
@@ -170,12 +168,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, queue) -> None:
 
 
 def test_ddp_averaged_gradient_equals_single_process_gradient():
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    with tempfile.TemporaryDirectory() as directory:
-        multiprocessing.start_processes(_ddp_worker, args=(2, os.path.join(directory, "init"), queue), nprocs=2,
-                                        start_method="spawn")
-        results = [queue.get(timeout=60) for _ in range(2)]
+    results = run_on_gloo(_ddp_worker)
     for rank, full_loss, mean_loss, errors, scale in results:
         assert scale > 1e-3  # the gradient is not trivially zero
         assert mean_loss == pytest.approx(full_loss, rel=1e-5), rank

@@ -11,31 +11,22 @@ from data.errors import CohortError
 from data.readers import read_mimic3_phenotyping, read_mimic4_multimodal
 from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER
 from data.split import assign_split
+from series_layout import series_line
 
 HEADER = ",".join(TIMESERIES_HEADER)
 EMPTY_17 = "," * 16  # 17 empty variable cells
 
 
-def row(hours: str, **cells: str) -> str:
-    """One series CSV line: Hours then the 17 variables (named by keyword, spaces as '_')."""
-    values = {name: "" for name in TIMESERIES_HEADER[1:]}
-    for key, value in cells.items():
-        name = key.replace("_", " ")
-        assert name in values, name
-        values[name] = value
-    return ",".join([hours] + list(values.values()))
-
-
 SERIES = {
     # stay file name -> body lines
-    "10_episode1_timeseries.csv": [row("0.0", Heart_Rate="80", Glascow_coma_scale_eye_opening="None"),
-                                   row("1.5", Heart_Rate="85", pH="7.3")],
-    "10_episode2_timeseries.csv": [row("0.5", Glucose="140")],
-    "11_episode1_timeseries.csv": [row("0.25", Capillary_refill_rate="1.0"), row("0.25", Temperature="37.5"),
-                                   row("3.0", Glascow_coma_scale_total="15")],
+    "10_episode1_timeseries.csv": [series_line("0.0", Heart_Rate="80", Glascow_coma_scale_eye_opening="None"),
+                                   series_line("1.5", Heart_Rate="85", pH="7.3")],
+    "10_episode2_timeseries.csv": [series_line("0.5", Glucose="140")],
+    "11_episode1_timeseries.csv": [series_line("0.25", Capillary_refill_rate="1.0"), series_line("0.25", Temperature="37.5"),
+                                   series_line("3.0", Glascow_coma_scale_total="15")],
     "12_episode1_timeseries.csv": [],  # header only: a stay without series
-    "20_episode1_timeseries.csv": [row("2.0", Weight="70.5")],
-    "21_episode1_timeseries.csv": [row("1.0", Respiratory_rate="18"), row("4.0", Oxygen_saturation="97")],
+    "20_episode1_timeseries.csv": [series_line("2.0", Weight="70.5")],
+    "21_episode1_timeseries.csv": [series_line("1.0", Respiratory_rate="18"), series_line("4.0", Oxygen_saturation="97")],
 }
 SPLIT_OF = {"10_episode1_timeseries.csv": "train", "10_episode2_timeseries.csv": "train",
             "11_episode1_timeseries.csv": "train", "12_episode1_timeseries.csv": "train",
@@ -86,11 +77,11 @@ def write_mimic4(folder: Path, *, label_names=MIMIC4_LABELS) -> Path:
     """A small FlexCare-style listfile with -1 labels, dicom_id, past_medical_history, demographics."""
     series_dir = folder / "ehr"
     series_dir.mkdir(parents=True, exist_ok=True)
-    files = {"100_episode1_timeseries.csv": [row("0.1", Heart_Rate="90"), row("1.2", Heart_Rate="95")],
-             "100_episode2_timeseries.csv": [row("0.0", Glascow_coma_scale_verbal_response="Oriented")],
-             "101_episode1_timeseries.csv": [row("5.0", Systolic_blood_pressure="120")],
-             "102_episode1_timeseries.csv": [row("0.5", Mean_blood_pressure="70")],
-             "103_episode1_timeseries.csv": [row("2.0", Height="180")]}
+    files = {"100_episode1_timeseries.csv": [series_line("0.1", Heart_Rate="90"), series_line("1.2", Heart_Rate="95")],
+             "100_episode2_timeseries.csv": [series_line("0.0", Glascow_coma_scale_verbal_response="Oriented")],
+             "101_episode1_timeseries.csv": [series_line("5.0", Systolic_blood_pressure="120")],
+             "102_episode1_timeseries.csv": [series_line("0.5", Mean_blood_pressure="70")],
+             "103_episode1_timeseries.csv": [series_line("2.0", Height="180")]}
     for name, lines in files.items():
         write_series(series_dir / name, lines)
     labels = np.array([[1, -1, 0], [0, 0, 1], [-1, 1, 1], [0, 0, 0], [1, 1, -1], [0, 1, 0]])
@@ -156,8 +147,8 @@ def test_read_mimic3_without_notes_and_explicit_notes_path(tmp_path):
 def test_read_mimic3_unknown_category_as_missing_is_counted(tmp_path):
     root = write_mimic3(tmp_path)
     write_series(root / "train" / "10_episode2_timeseries.csv",
-                 [row("0.5", Glucose="140", Glascow_coma_scale_total="15.0"),
-                  row("0.7", Glascow_coma_scale_total="15.0")])
+                 [series_line("0.5", Glucose="140", Glascow_coma_scale_total="15.0"),
+                  series_line("0.7", Glascow_coma_scale_total="15.0")])
     with pytest.raises(CohortError, match="Glascow coma scale total"):
         read_mimic3_phenotyping(root)
     cohort = read_mimic3_phenotyping(root, unknown_categories="missing")
@@ -169,7 +160,7 @@ def test_read_mimic3_unknown_category_as_missing_is_counted(tmp_path):
 
 def test_read_mimic3_drop_bad_stays_records_reason_and_renumbers(tmp_path):
     root = write_mimic3(tmp_path)
-    write_series(root / "train" / "10_episode2_timeseries.csv", [row("0.5", Glucose="high")])
+    write_series(root / "train" / "10_episode2_timeseries.csv", [series_line("0.5", Glucose="high")])
     (root / "test" / "20_episode1_timeseries.csv").unlink()
     cohort = read_mimic3_phenotyping(root, drop_bad_stays=True)
     assert [d["stay"] for d in cohort.dropped] == ["10_episode2_timeseries.csv", "20_episode1_timeseries.csv"]
@@ -189,8 +180,8 @@ def test_read_series_in_large_and_quoted_files(tmp_path, monkeypatch):
     import data.readers as readers
     root = write_mimic3(tmp_path)
     write_series(root / "train" / "11_episode1_timeseries.csv",
-                 [row("0.25", Capillary_refill_rate="1.0"), row("0.25", Temperature='"37.5"'),
-                  row("3.0", Glascow_coma_scale_total="15")])
+                 [series_line("0.25", Capillary_refill_rate="1.0"), series_line("0.25", Temperature='"37.5"'),
+                  series_line("3.0", Glascow_coma_scale_total="15")])
     reference = read_mimic3_phenotyping(root)
     monkeypatch.setattr(readers, "CHUNK_BYTES", 1)  # one file per pandas call
     small_chunks = read_mimic3_phenotyping(root)
@@ -278,11 +269,11 @@ BAD_INPUT = [
     ("missing series file", _mimic3_case(lambda r: (r / "train" / "11_episode1_timeseries.csv").unlink()),
      ["train/listfile.csv", "line 4", "11_episode1_timeseries.csv", "not found"]),
     ("wrong header", _mimic3_case(lambda r: (r / "test" / "21_episode1_timeseries.csv").write_text(
-        HEADER.replace("Heart Rate", "HR") + "\n" + row("1.0") + "\n")),
+        HEADER.replace("Heart Rate", "HR") + "\n" + series_line("1.0") + "\n")),
      ["21_episode1_timeseries.csv", "line 1 (header)", "expected columns", "missing ['Heart Rate']",
       "unexpected ['HR']"]),
     ("wrong field count", _mimic3_case(lambda r: _edit_series(r, "20_episode1_timeseries.csv",
-                                                              [row("1.0"), row("2.0") + ",7"])),
+                                                              [series_line("1.0"), series_line("2.0") + ",7"])),
      ["20_episode1_timeseries.csv", "line 3", "expected 18", "found 19"]),
     ("label not 0/1", _mimic3_case(lambda r: _edit_listfile(r, "train", lambda t: _set(t, "Shock", 1, "2"))),
      ["train/listfile.csv", "line 3", "column 'Shock'", "'2'"]),
@@ -291,23 +282,23 @@ BAD_INPUT = [
     ("mimic4 label not -1/0/1", _mimic4_edit(lambda t: _set(t, "Diagnosis B", 3, "0.5")),
      ["multimodal_listfile.csv", "line 5", "column 'Diagnosis B'", "{-1, 0, 1}"]),
     ("nan in continuous", _mimic3_case(lambda r: _edit_series(r, "10_episode1_timeseries.csv",
-                                                              [row("0.0"), row("1.0", Heart_Rate="nan")])),
+                                                              [series_line("0.0"), series_line("1.0", Heart_Rate="nan")])),
      ["10_episode1_timeseries.csv", "line 3", "column 'Heart Rate'", "'nan'"]),
     ("inf in continuous", _mimic3_case(lambda r: _edit_series(r, "10_episode1_timeseries.csv",
-                                                              [row("0.0", pH="inf")])),
+                                                              [series_line("0.0", pH="inf")])),
      ["10_episode1_timeseries.csv", "line 2", "column 'pH'", "'inf'"]),
     ("non-numeric continuous", _mimic3_case(lambda r: _edit_series(r, "21_episode1_timeseries.csv",
-                                                                   [row("0.0", Weight="70kg")])),
+                                                                   [series_line("0.0", Weight="70kg")])),
      ["21_episode1_timeseries.csv", "line 2", "column 'Weight'", "'70kg'"]),
     ("unknown categorical", _mimic3_case(lambda r: _edit_series(
-        r, "11_episode1_timeseries.csv", [row("0.0"), row("0.5"), row("1.0", Glascow_coma_scale_eye_opening="Blinks")])),
+        r, "11_episode1_timeseries.csv", [series_line("0.0"), series_line("0.5"), series_line("1.0", Glascow_coma_scale_eye_opening="Blinks")])),
      ["11_episode1_timeseries.csv", "line 4", "column 'Glascow coma scale eye opening'", "'Blinks'"]),
     ("unsorted hours", _mimic3_case(lambda r: _edit_series(r, "10_episode2_timeseries.csv",
-                                                           [row("2.0"), row("1.0")])),
+                                                           [series_line("2.0"), series_line("1.0")])),
      ["10_episode2_timeseries.csv", "line 3", "column 'Hours'", "ascending"]),
-    ("negative hours", _mimic3_case(lambda r: _edit_series(r, "10_episode2_timeseries.csv", [row("-0.5")])),
+    ("negative hours", _mimic3_case(lambda r: _edit_series(r, "10_episode2_timeseries.csv", [series_line("-0.5")])),
      ["10_episode2_timeseries.csv", "line 2", "column 'Hours'", ">= 0"]),
-    ("empty hours", _mimic3_case(lambda r: _edit_series(r, "10_episode2_timeseries.csv", [row("1"), row("")])),
+    ("empty hours", _mimic3_case(lambda r: _edit_series(r, "10_episode2_timeseries.csv", [series_line("1"), series_line("")])),
      ["10_episode2_timeseries.csv", "line 3", "column 'Hours'", "found an empty cell"]),
     ("duplicate stay across splits", _mimic3_case(lambda r: _edit_listfile(
         r, "test", lambda t: _set(t, "stay", 1, "10_episode1_timeseries.csv"))),
@@ -320,7 +311,7 @@ BAD_INPUT = [
      ["train/listfile.csv", "line 2", "column 'period_length'"]),
     ("patient in both splits", _mimic3_case(lambda r: (
         _edit_listfile(r, "test", lambda t: _set(t, "stay", 0, "10_episode3_timeseries.csv")),
-        write_series(r / "test" / "10_episode3_timeseries.csv", [row("0.0")]))),
+        write_series(r / "test" / "10_episode3_timeseries.csv", [series_line("0.0")]))),
      ["patient 10", "both train and test", "10_episode3_timeseries.csv"]),
     ("given notes file missing", _mimic3_case(lambda r: None, notes_path=lambda r: r / "no_notes.csv"),
      ["no_notes.csv", "not found"]),

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 import threading
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as distributed
-import torch.multiprocessing as multiprocessing
 
+from gloo import run_on_gloo
 from trainables.statistics import (MAX_EPOCHS, PairStatistics, StatisticsError, distributed_all_gather,
                                    history_difficulty)
 
@@ -219,13 +217,7 @@ def _gloo_worker(rank: int, world: int, init_file: str, queue) -> None:
 
 
 def test_gather_with_real_gloo_all_gather():
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    with tempfile.TemporaryDirectory() as directory:
-        init_file = os.path.join(directory, "init")
-        multiprocessing.start_processes(_gloo_worker, args=(2, init_file, queue), nprocs=2,
-                                        start_method="spawn")
-        results = sorted(queue.get(timeout=60) for _ in range(2))
+    results = sorted(run_on_gloo(_gloo_worker))
     expected = torch.full((7, 2), 0.25) + torch.arange(7).reshape(-1, 1) / 10
     for _, probabilities, history in results:
         torch.testing.assert_close(torch.from_numpy(probabilities), expected)
