@@ -34,6 +34,7 @@ import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
 from data.errors import CohortError
+from data.numbers import parse_numbers
 from data.schema import VARIABLES, channel_names
 
 EPSILON = 1e-6
@@ -98,22 +99,15 @@ def bins_per_stay(period_length: np.ndarray, max_hours: np.ndarray, has_series: 
     return np.where(has_series, count, 0)
 
 
-def parse_numbers(column: pd.Series) -> np.ndarray:
-    """Column of number strings -> float64 (missing or unparsable -> NaN; "inf"/"nan" parse as such).
-
-    Tries pandas' (Arrow) cast first, ~3x faster than `pd.to_numeric` on string columns, and
-    falls back to ``pd.to_numeric(errors="coerce")`` when some cell is not a number.
-    """
-    try:
-        return column.astype("float64").to_numpy(np.float64)
-    except (ValueError, TypeError):
-        return pd.to_numeric(column, errors="coerce").to_numpy(np.float64)
-
-
 def _parse_variable(column: pd.Series, variable) -> np.ndarray:
     """Column of strings -> float64 values (continuous) or category codes (categorical, -1 = missing)."""
     if variable.categories is None:
-        return parse_numbers(column)
+        values, bad = parse_numbers(column)
+        if bad.any():
+            value = column.to_numpy(dtype=object)[np.flatnonzero(bad)[0]]
+            raise CohortError(f"column '{variable.name}': value {value!r} is not a number of data.numbers' "
+                              "grammar (the reader should have rejected it)")
+        return values
     codes = pd.Categorical(column, categories=list(variable.categories)).codes.astype(np.int64)
     unknown = (codes < 0) & column.notna().to_numpy()
     if unknown.any():

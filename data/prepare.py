@@ -2,12 +2,14 @@
 
     python -m data.prepare --source synthetic --out DIR            # embedded default cohort
     python -m data.prepare --source mimic3:PATH --out DIR [--notes notes.parquet]
+    python -m data.prepare --source mimic3:PATH --out DIR --noteevents NOTEEVENTS.csv.gz --icustays ICUSTAYS.csv.gz
+    python -m data.prepare --source mimic4:TASKDIR[,TSDIR] --out DIR          # FlexCare/MIRACL split kept
     python -m data.prepare --source mimic4:LISTFILE[,TSDIR] --out DIR [--split-seed S]
 
 ``synthetic`` first writes the generated cohort in the mimic3-benchmarks phenotyping layout
 into ``DIR/source/`` (`data.synthetic.generate_synthetic_cohort`) and then reads it with
 `data.readers.read_mimic3_phenotyping`, the very reader a MIMIC-III user runs. Sources without
-a split (MIMIC-IV) get a patient-wise 8:2 split (`data.split.assign_split`, ``--split-seed``).
+a split (one MIMIC-IV listfile) get a patient-wise 8:2 split (`data.split.assign_split`, ``--split-seed``).
 Then `data.materialise.materialise` discretises, z-scores, hashes, writes and encodes the notes
 (reusing an identical cohort and existing text features).
 
@@ -28,17 +30,19 @@ from pathlib import Path
 from data.cohort import Cohort
 from data.errors import CohortError
 from data.materialise import load_manifest, materialise
-from data.readers import UNKNOWN_CATEGORY_POLICIES, read_mimic3_phenotyping, read_mimic4_multimodal
+from data.noteevents import DEFAULT_NOTE_RULE, NoteRule
+from data.readers import (DUPLICATE_STAY_POLICIES, UNKNOWN_CATEGORY_POLICIES, read_mimic3_phenotyping,
+                          read_mimic4_multimodal)
 from data.split import assign_split
 
 logger = logging.getLogger("data.prepare")
 
-SOURCE_FORMS = "synthetic | mimic3:PATH | mimic4:LISTFILE[,TSDIR]"
+SOURCE_FORMS = "synthetic | mimic3:PATH | mimic4:TASKDIR|LISTFILE[,TSDIR]"
 STAGES = ("generate", "read", "discretise", "write", "text")
 
 
 def parse_source(source: str) -> tuple[str, list[str]]:
-    """'synthetic' | 'mimic3:PATH' | 'mimic4:LISTFILE[,TSDIR]' -> (kind, arguments)."""
+    """'synthetic' | 'mimic3:PATH' | 'mimic4:TASKDIR|LISTFILE[,TSDIR]' -> (kind, arguments)."""
     kind, _, rest = source.partition(":")
     kind = kind.strip().lower()
     if kind == "synthetic" and not rest:
@@ -52,19 +56,45 @@ def parse_source(source: str) -> tuple[str, list[str]]:
     raise CohortError(f"--source {source!r}: expected {SOURCE_FORMS}")
 
 
+def note_rule_from_arguments(window_hours: str | None, max_notes: int | None) -> NoteRule | None:
+    """CLI values -> NoteRule (None when both are defaults); 'stay' = the whole ICU stay, max_notes 0 = all."""
+    if window_hours is None and max_notes is None:
+        return None
+    window = DEFAULT_NOTE_RULE.window_hours
+    if window_hours is not None:
+        if window_hours.strip().lower() == "stay":
+            window = None
+        else:
+            try:
+                window = float(window_hours)
+            except ValueError:
+                raise CohortError(f"--note-window-hours {window_hours!r}: expected hours > 0 or 'stay'") from None
+    notes = DEFAULT_NOTE_RULE.max_notes if max_notes is None else (max_notes or None)
+    try:
+        return NoteRule(window_hours=window, max_notes=notes, categories=DEFAULT_NOTE_RULE.categories)
+    except ValueError as error:
+        raise CohortError(f"--note-window-hours/--max-notes: {error}") from None
+
+
 def _summary_dict(summary) -> dict | str:
     if hasattr(summary, "to_json_dict"):
         return summary.to_json_dict()
     return asdict(summary) if is_dataclass(summary) else str(summary)
 
 
-def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = None, patients: int = 1600,
+def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = None,
+                noteevents: str | os.PathLike | None = None, icustays: str | os.PathLike | None = None,
+                note_rule: NoteRule | None = None, duplicate_stays: str = "join-notes", patients: int = 1600,
                 hours: int = 48, seed: int = 0, test_fraction: float = 0.2, split_seed: int = 0,
                 unknown_categories: str = "error", drop_bad_stays: bool = False,
                 progress: bool = True) -> Cohort:
     """Source string -> Cohort with a split (synthetic files are generated into ``out/source``)."""
     kind, arguments = parse_source(source)
     options = dict(unknown_categories=unknown_categories, drop_bad_stays=drop_bad_stays, progress=progress)
+    if kind != "mimic3" and (noteevents is not None or icustays is not None or note_rule is not None):
+        raise CohortError("--noteevents/--icustays/--note-window-hours/--max-notes apply to mimic3 sources only")
+    if kind != "mimic4" and duplicate_stays != "join-notes":
+        raise CohortError("--duplicate-stays applies to mimic4 sources only")
     generate_seconds = None
     if kind == "synthetic":
         from data.synthetic import generate_synthetic_cohort
@@ -79,12 +109,14 @@ def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = Non
                                       "test_fraction": test_fraction,
                                       "summary": _summary_dict(summary)}
     elif kind == "mimic3":
-        cohort = read_mimic3_phenotyping(arguments[0], notes, **options)
+        cohort = read_mimic3_phenotyping(arguments[0], notes, noteevents=noteevents, icustays=icustays,
+                                         note_rule=note_rule, **options)
     else:
         if notes is not None:
             raise CohortError("--notes applies to synthetic and mimic3 sources; a MIMIC-IV listfile carries "
                               "its notes in a past_medical_history/note/text column")
-        cohort = read_mimic4_multimodal(arguments[0], arguments[1] if len(arguments) > 1 else None, **options)
+        cohort = read_mimic4_multimodal(arguments[0], arguments[1] if len(arguments) > 1 else None,
+                                        duplicate_stays=duplicate_stays, **options)
     if generate_seconds is not None:
         cohort.timings = {"generate": generate_seconds, **cohort.timings}
     assign_split(cohort, test_fraction=test_fraction, seed=split_seed)
@@ -92,6 +124,8 @@ def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = Non
 
 
 def prepare_cohort(source: str, out: str | os.PathLike, *, notes: str | os.PathLike | None = None,
+                   noteevents: str | os.PathLike | None = None, icustays: str | os.PathLike | None = None,
+                   note_rule: NoteRule | None = None, duplicate_stays: str = "join-notes",
                    encoder: str | None = None, max_tokens: int = 512, max_bins: int = 512,
                    patients: int = 1600, hours: int = 48, seed: int = 0, test_fraction: float = 0.2,
                    split_seed: int = 0, text_batch_size: int = 64, unknown_categories: str = "error",
@@ -99,7 +133,8 @@ def prepare_cohort(source: str, out: str | os.PathLike, *, notes: str | os.PathL
     """Read ``source``, assign a split, materialise into ``out``; returns the cohort directory."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cohort = read_source(source, out, notes=notes, patients=patients, hours=hours, seed=seed,
+    cohort = read_source(source, out, notes=notes, noteevents=noteevents, icustays=icustays, note_rule=note_rule,
+                         duplicate_stays=duplicate_stays, patients=patients, hours=hours, seed=seed,
                          test_fraction=test_fraction, split_seed=split_seed,
                          unknown_categories=unknown_categories, drop_bad_stays=drop_bad_stays, progress=progress)
     logger.info("read %d stays of %d patients (%d dropped)", cohort.num_stays,
@@ -124,6 +159,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source", default="synthetic", help=f"{SOURCE_FORMS} (default synthetic)")
     parser.add_argument("--out", required=True, type=Path, help="cohort directory to write (or reuse)")
     parser.add_argument("--notes", default=None, help="notes table (CSV or parquet, columns stay,text)")
+    parser.add_argument("--noteevents", default=None, help="mimic3: the MIMIC-III NOTEEVENTS table (csv or csv.gz); "
+                        "each stay's notes are selected by data.noteevents' rule")
+    parser.add_argument("--icustays", default=None, help="mimic3 with --noteevents: the MIMIC-III ICUSTAYS table "
+                        "(stay times)")
+    parser.add_argument("--note-window-hours", default=None, help="--noteevents: hours after INTIME whose notes "
+                        f"are used (default {DEFAULT_NOTE_RULE.window_hours:g}; 'stay' = the whole ICU stay)")
+    parser.add_argument("--max-notes", type=int, default=None, help="--noteevents: first notes kept per stay "
+                        f"(default {DEFAULT_NOTE_RULE.max_notes}; 0 = all)")
+    parser.add_argument("--duplicate-stays", choices=DUPLICATE_STAY_POLICIES, default="join-notes",
+                        help="mimic4: a stay on several rows (several notes of its admission): join-notes "
+                        "(default; distinct notes in listfile order) or last (the last row's note, as MIRACL's loader)")
     parser.add_argument("--encoder", default=None, help="text encoder: Hugging Face id or path "
                         "(default: data.text_features.DEFAULT_ENCODER)")
     parser.add_argument("--max-tokens", type=int, default=512, help="tokens kept per note (default 512)")
@@ -149,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     started = time.perf_counter()
     try:
-        out = prepare_cohort(arguments.source, arguments.out, notes=arguments.notes, encoder=arguments.encoder,
+        out = prepare_cohort(arguments.source, arguments.out, notes=arguments.notes,
+                             noteevents=arguments.noteevents, icustays=arguments.icustays,
+                             note_rule=note_rule_from_arguments(arguments.note_window_hours, arguments.max_notes),
+                             duplicate_stays=arguments.duplicate_stays, encoder=arguments.encoder,
                              max_tokens=arguments.max_tokens, max_bins=arguments.max_bins,
                              patients=arguments.patients, hours=arguments.hours, seed=arguments.seed,
                              test_fraction=arguments.test_fraction, split_seed=arguments.split_seed,

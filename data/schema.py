@@ -1,7 +1,8 @@
 """Fixed vocabularies of the phenotyping task (METHOD §9 and §10).
 
 `PHENOTYPE_LABELS` are the 25 HCUP-CCS phenotypes of mimic3-benchmarks in alphabetical
-(column) order. `VARIABLES` are the 17 time-series variables in file order; categorical ones
+(column) order (FlexCare's MIMIC-IV phenotyping uses the same 25 names); `DIAGNOSIS_LABELS` the
+14 CheXpert findings of the MIMIC-IV diagnosis task. `VARIABLES` are the 17 time-series variables in file order; categorical ones
 carry their value list in the one-hot order of mimic3-benchmarks' discretiser. Together they
 define the 76 discretised channels: 59 value columns then 17 observation masks.
 """
@@ -36,6 +37,27 @@ PHENOTYPE_LABELS: tuple[str, ...] = (
     "Septicemia (except in labor)",
     "Shock",
 )
+
+
+# MIMIC-IV diagnosis (DIA, FlexCare's create_diagnosis): the 14 CheXpert findings of
+# mimic-cxr-2.0.0-chexpert.csv, in that file's (alphabetical) column order.
+DIAGNOSIS_LABELS: tuple[str, ...] = (
+    "Atelectasis",
+    "Cardiomegaly",
+    "Consolidation",
+    "Edema",
+    "Enlarged Cardiomediastinum",
+    "Fracture",
+    "Lung Lesion",
+    "Lung Opacity",
+    "No Finding",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Pneumonia",
+    "Pneumothorax",
+    "Support Devices",
+)
+assert len(DIAGNOSIS_LABELS) == 14
 
 
 @dataclass(frozen=True)

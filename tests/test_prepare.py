@@ -13,7 +13,7 @@ from data.dataset import CohortData, CohortDataset, collate
 from data.errors import CohortError
 from data.materialise import load_manifest
 from data.prepare import main, parse_source, prepare_cohort
-from data.schema import TIMESERIES_HEADER
+from data.schema import DIAGNOSIS_LABELS, TIMESERIES_HEADER
 from fake_text import make_fake_text_features
 
 @pytest.fixture
@@ -49,7 +49,9 @@ def write_mimic4(folder: Path, labels: list[list[int]]) -> Path:
     table = pd.DataFrame({"subject_id": np.arange(len(labels)) // 2 + 100, "stay_id": np.arange(len(labels)) + 5000,
                           "time_series": names, "period_length": 2.0,
                           "past_medical_history": [f"note number {i}" for i in range(len(labels))]})
-    for column, values in zip(("A", "B"), np.asarray(labels).T):
+    for column in DIAGNOSIS_LABELS:  # the MIMIC-IV diagnosis task; the first two carry the given labels
+        table[column] = 0
+    for column, values in zip(DIAGNOSIS_LABELS, np.asarray(labels).T):
         table[column] = values
     table.to_csv(folder / "list.csv", index=False)
     return folder / "list.csv"
@@ -60,7 +62,8 @@ def test_cli_bad_input_exits_2_with_the_message(tmp_path, capsys, fake_encoder):
     code = main(["--source", f"mimic4:{listfile}", "--out", str(tmp_path / "out"), "--quiet"])
     captured = capsys.readouterr()
     assert code == 2
-    assert "list.csv: line 3, column 'B': expected a label in {-1, 0, 1}, found '2'" in captured.err
+    assert (f"list.csv: line 3, column '{DIAGNOSIS_LABELS[1]}': expected a label in {{-2, -1, 0, 1}}, found '2'"
+            in captured.err)
     assert "Traceback" not in captured.err and captured.out == ""
     assert main(["--source", "nonsense", "--out", str(tmp_path / "out"), "--quiet"]) == 2
 
@@ -77,7 +80,9 @@ def test_prepare_mimic4_assigns_a_patient_split(tmp_path, fake_encoder):
     stays = pd.read_parquet(out / "stays.parquet")
     assert (stays.groupby("patient_id")["split"].nunique() == 1).all()
     assert stays.loc[stays["split"] == "test", "patient_id"].nunique() == 1  # ceil(0.2 * 5)
-    np.testing.assert_array_equal(np.load(out / "labels.npy"), np.maximum(np.asarray(labels), 0))
+    expected = np.zeros((len(labels), len(DIAGNOSIS_LABELS)), dtype=np.uint8)
+    expected[:, :2] = np.maximum(np.asarray(labels), 0)
+    np.testing.assert_array_equal(np.load(out / "labels.npy"), expected)
 
 
 def test_cli_synthetic_logs_stages_and_reuse(tmp_path, caplog, capsys, fake_encoder):

@@ -9,7 +9,7 @@ import pytest
 
 from data.errors import CohortError
 from data.readers import read_mimic3_phenotyping, read_mimic4_multimodal
-from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER
+from data.schema import DIAGNOSIS_LABELS, PHENOTYPE_LABELS, TIMESERIES_HEADER
 from data.split import assign_split
 from series_layout import series_line
 
@@ -70,35 +70,57 @@ def write_mimic3(root: Path, *, notes: str | None = "csv") -> Path:
     return root
 
 
-MIMIC4_LABELS = ("Diagnosis A", "Diagnosis B", "Diagnosis C")
+MIMIC4_LABELS = DIAGNOSIS_LABELS  # the MIMIC-IV diagnosis task; the first 3 carry MIMIC4_VALUES
+MIMIC4_VALUES = np.array([[1, -1, 0], [0, 0, 1], [-1, 1, 1], [0, -2, 0], [1, 1, -1], [0, 1, -2]])
+MIMIC4_SERIES = {"100_episode1_timeseries.csv": [series_line("0.1", Heart_Rate="90"), series_line("1.2", Heart_Rate="95")],
+                 "100_episode2_timeseries.csv": [series_line("0.0", Glascow_coma_scale_verbal_response="Oriented")],
+                 "101_episode1_timeseries.csv": [series_line("5.0", Systolic_blood_pressure="120")],
+                 "102_episode1_timeseries.csv": [series_line("0.5", Mean_blood_pressure="70")],
+                 "103_episode1_timeseries.csv": [series_line("2.0", Height="180")]}
 
 
-def write_mimic4(folder: Path, *, label_names=MIMIC4_LABELS) -> Path:
-    """A small FlexCare-style listfile with -1 labels, dicom_id, past_medical_history, demographics."""
-    series_dir = folder / "ehr"
-    series_dir.mkdir(parents=True, exist_ok=True)
-    files = {"100_episode1_timeseries.csv": [series_line("0.1", Heart_Rate="90"), series_line("1.2", Heart_Rate="95")],
-             "100_episode2_timeseries.csv": [series_line("0.0", Glascow_coma_scale_verbal_response="Oriented")],
-             "101_episode1_timeseries.csv": [series_line("5.0", Systolic_blood_pressure="120")],
-             "102_episode1_timeseries.csv": [series_line("0.5", Mean_blood_pressure="70")],
-             "103_episode1_timeseries.csv": [series_line("2.0", Height="180")]}
-    for name, lines in files.items():
-        write_series(series_dir / name, lines)
-    labels = np.array([[1, -1, 0], [0, 0, 1], [-1, 1, 1], [0, 0, 0], [1, 1, -1], [0, 1, 0]])
+def mimic4_table() -> pd.DataFrame:
+    """6 stays of 5 patients in FlexCare's diagnosis columns (study_id, period_len, dicom_id, note, 14 labels)."""
     table = pd.DataFrame({
         "subject_id": [100, 100, 101, 102, 103, 104],
-        "stay_id": [3000, 3001, 3002, 3003, 3004, 3005],
-        "time_series": list(files) + [""],  # the last stay has no series file
-        "period_length": [2.0, 1.0, 6.0, 1.5, 3.0, 4.0],
+        "study_id": [3000, 3001, 3002, 3003, 3004, 3005],
+        "time_series": list(MIMIC4_SERIES) + [""],  # the last stay has no series file
+        "period_len": [2.0, 1.0, 6.0, 1.5, 3.0, ""],
         "dicom_id": ["d1", "", "d3", "", "", "d6"],
-        "past_medical_history": ["htn, dm2", "", "copd", "cad s/p cabg", "", "afib"],
-        "race": [1, 1, 2, 0, 3, 1],
+        "past_medical_history": ["htn dm2", "", "copd", "cad sp cabg", "", "afib"],
     })
-    for i, name in enumerate(label_names):
-        table[name] = labels[:, i]
+    for i, name in enumerate(DIAGNOSIS_LABELS):
+        table[name] = MIMIC4_VALUES[:, i] if i < 3 else 0
+    return table
+
+
+def write_mimic4(folder: Path, table: pd.DataFrame | None = None) -> Path:
+    """One multimodal listfile (no split) next to its series folder ehr/."""
+    series_dir = folder / "ehr"
+    series_dir.mkdir(parents=True, exist_ok=True)
+    for name, lines in MIMIC4_SERIES.items():
+        write_series(series_dir / name, lines)
     listfile = folder / "multimodal_listfile.csv"
-    table.to_csv(listfile, index=False)
+    (mimic4_table() if table is None else table).to_csv(listfile, index=False)
     return listfile
+
+
+SPLIT_ROWS = {"train": [0, 1, 3], "val": [2], "test": [4, 5]}  # patients 100, 102 | 101 | 103, 104
+
+
+def write_mimic4_task(data: Path, *, train_val: bool = False, table: pd.DataFrame | None = None) -> Path:
+    """FlexCare's layout: data/diagnosis/{train,val,test}_multimodal_listfile.csv + data/ehr/ (MIRACL's
+    loader: train_val_ + test_)."""
+    write_mimic4(data)
+    (data / "multimodal_listfile.csv").unlink()
+    task = data / "diagnosis"
+    task.mkdir()
+    table = mimic4_table() if table is None else table
+    files = {"train_val": SPLIT_ROWS["train"] + SPLIT_ROWS["val"], "test": SPLIT_ROWS["test"]} if train_val \
+        else SPLIT_ROWS
+    for split, rows in files.items():
+        table.iloc[rows].to_csv(task / f"{split}_multimodal_listfile.csv", index=False)
+    return task
 
 
 # --------------------------------------------------------------------------- mimic3
@@ -190,16 +212,23 @@ def test_read_series_in_large_and_quoted_files(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- mimic4
-def test_read_mimic4_uncertain_labels_notes_and_patient_split(tmp_path):
+def test_read_mimic4_listfile_labels_minus_one_minus_two_notes_and_patient_split(tmp_path):
     listfile = write_mimic4(tmp_path)
     cohort = read_mimic4_multimodal(listfile, tmp_path / "ehr")
-    assert cohort.label_names == MIMIC4_LABELS  # race, dicom_id ... are not labels
-    np.testing.assert_array_equal(cohort.labels, [[1, 0, 0], [0, 0, 1], [0, 1, 1], [0, 0, 0], [1, 1, 0], [0, 1, 0]])
+    assert cohort.label_names == DIAGNOSIS_LABELS  # dicom_id, the note ... are not labels
+    expected = np.zeros((6, 14), dtype=np.uint8)
+    expected[:, :3] = MIMIC4_VALUES == 1  # -1 (uncertain) and -2 (not mentioned) read as 0, as MIRACL
+    np.testing.assert_array_equal(cohort.labels, expected)
+    assert cohort.source["task"] == "diagnosis"
     assert cohort.source["uncertain_labels_read_as_zero"] == 3
-    assert cohort.source["uncertain_labels_per_label"] == {"Diagnosis A": 1, "Diagnosis B": 1, "Diagnosis C": 1}
+    assert cohort.source["unmentioned_labels_read_as_zero"] == 2
+    assert cohort.source["unmentioned_labels_per_label"]["Cardiomegaly"] == 1
+    assert cohort.source["unmentioned_labels_per_label"]["Consolidation"] == 1
+    assert cohort.source["uncertain_labels_per_label"]["Atelectasis"] == 1
     assert cohort.stays["stay"].tolist() == ["3000", "3001", "3002", "3003", "3004", "3005"]
     assert cohort.stays["patient_id"].tolist() == [100, 100, 101, 102, 103, 104]
-    assert cohort.notes.tolist() == ["htn, dm2", "", "copd", "cad s/p cabg", "", "afib"]
+    np.testing.assert_array_equal(cohort.stays["period_length"], [2.0, 1.0, 6.0, 1.5, 3.0, np.nan])
+    assert cohort.notes.tolist() == ["htn dm2", "", "copd", "cad sp cabg", "", "afib"]
     assert cohort.source["note_column"] == "past_medical_history"
     assert cohort.has_series.tolist() == [True, True, True, True, True, False]
     assert cohort.source["stays_without_series_file"] == 1
@@ -212,20 +241,104 @@ def test_read_mimic4_uncertain_labels_notes_and_patient_split(tmp_path):
     assert cohort.stays.loc[split == "test", "patient_id"].nunique() == 1
 
 
-def test_read_mimic4_schema_labels_and_default_series_folder(tmp_path):
-    listfile = write_mimic4(tmp_path, label_names=PHENOTYPE_LABELS[:3])
-    table = pd.read_csv(listfile)
-    for name in PHENOTYPE_LABELS[3:]:
-        table[name] = 0
-    table["anchor_age"] = 50
-    # move the series files next to the listfile (the default folder)
-    for path in (tmp_path / "ehr").iterdir():
-        path.rename(tmp_path / path.name)
+@pytest.mark.parametrize("train_val", [False, True], ids=["flexcare-train-val-test", "miracl-train_val-test"])
+def test_read_mimic4_task_folder_keeps_the_shipped_split(tmp_path, train_val):
+    task = write_mimic4_task(tmp_path / "data", train_val=train_val)
+    cohort = read_mimic4_multimodal(task)  # series folder defaults to data/ehr
+    order = SPLIT_ROWS["train"] + SPLIT_ROWS["val"] + SPLIT_ROWS["test"]
+    assert cohort.stays["stay"].tolist() == [str(3000 + r) for r in order]
+    # validation stays are train stays (MIRACL trains on train+val, no validation set)
+    assert cohort.stays["split"].tolist() == ["train"] * 4 + ["test"] * 2
+    assign_split(cohort, seed=7)  # a source split is kept, whatever the seed
+    assert cohort.stays["split"].tolist() == ["train"] * 4 + ["test"] * 2
+    files = cohort.source["split"]["stays_per_file"]
+    assert files == ({"train_val": 4, "test": 2} if train_val else {"train": 3, "val": 1, "test": 2})
+    assert cohort.source["timeseries_dir"] == str((tmp_path / "data" / "ehr").resolve())
+    assert cohort.has_series.tolist() == [True, True, True, True, True, False]
+
+
+def test_read_mimic4_task_folder_rejects_a_patient_in_train_and_test(tmp_path):
+    table = mimic4_table()
+    table.loc[5, "subject_id"] = 100  # a test stay of a train patient
+    task = write_mimic4_task(tmp_path / "data", table=table)
+    with pytest.raises(CohortError, match="patient 100 has stays in both train and test"):
+        read_mimic4_multimodal(task)
+
+
+def test_read_mimic4_phenotyping_columns_of_miracl(tmp_path):
+    """MIRACL's phenotyping listfile: stay_id, period_length, no dicom_id, 25 phenotypes."""
+    table = mimic4_table().drop(columns=list(DIAGNOSIS_LABELS) + ["dicom_id"]).rename(
+        columns={"study_id": "stay_id", "period_len": "period_length"})
+    for i, name in enumerate(PHENOTYPE_LABELS):
+        table[name] = (np.arange(6) + i) % 3 == 0
+    table[list(PHENOTYPE_LABELS)] = table[list(PHENOTYPE_LABELS)].astype(int)
+    cohort = read_mimic4_multimodal(write_mimic4(tmp_path, table), tmp_path / "ehr")
+    assert cohort.source["task"] == "phenotyping" and cohort.label_names == PHENOTYPE_LABELS
+    np.testing.assert_array_equal(cohort.labels, table[list(PHENOTYPE_LABELS)].to_numpy())
+
+
+def test_read_mimic4_stay_on_two_rows_is_one_stay_with_both_notes(tmp_path):
+    """FlexCare's merge lists a stay once per discharge note of its admission."""
+    table = mimic4_table()
+    extra = table.iloc[[2, 2, 0]].copy()
+    extra["past_medical_history"] = ["asthma", "copd", ""]  # a second note, a repeat, an empty one
+    table = pd.concat([table.iloc[:3], extra, table.iloc[3:]], ignore_index=True)
+    listfile = write_mimic4(tmp_path, table)
+    cohort = read_mimic4_multimodal(listfile, tmp_path / "ehr")
+    assert cohort.stays["stay"].tolist() == ["3000", "3001", "3002", "3003", "3004", "3005"]
+    assert cohort.notes.tolist() == ["htn dm2", "", "copd\n\nasthma", "cad sp cabg", "", "afib"]
+    assert cohort.source["duplicate_stay_rows"] == {"stays_listed_more_than_once": 2, "rows_merged": 3,
+                                                    "policy": "join-notes"}
+    assert len(cohort.events) == sum(len(v) for v in MIMIC4_SERIES.values())  # each series read once
+    last = read_mimic4_multimodal(listfile, tmp_path / "ehr", duplicate_stays="last")
+    assert last.notes.tolist() == ["", "", "copd", "cad sp cabg", "", "afib"]
+
+
+def test_read_mimic4_stay_on_two_rows_with_other_labels_is_an_error(tmp_path):
+    table = mimic4_table()
+    extra = table.iloc[[2]].copy()
+    extra["Edema"] = 1
+    listfile = write_mimic4(tmp_path, pd.concat([table, extra], ignore_index=True))
+    with pytest.raises(CohortError, match=r"stay '3002' listed twice with different content: .*line 4 and .*line 8 "
+                                          r"\(column 'Edema'\)"):
+        read_mimic4_multimodal(listfile, tmp_path / "ehr")
+
+
+def test_read_mimic4_unknown_column_is_an_error_unless_labels_are_given(tmp_path):
+    table = mimic4_table()
+    table["insurance_type"] = 1
+    listfile = write_mimic4(tmp_path, table)
+    with pytest.raises(CohortError, match=r"line 1 \(header\): unknown column\(s\) \['insurance_type'\]"):
+        read_mimic4_multimodal(listfile, tmp_path / "ehr")
+    cohort = read_mimic4_multimodal(listfile, tmp_path / "ehr", label_columns=[*DIAGNOSIS_LABELS, "insurance_type"])
+    assert cohort.label_names[-1] == "insurance_type" and cohort.labels[:, -1].tolist() == [1] * 6
+
+
+@pytest.mark.parametrize("name", ["../outside_timeseries.csv", "/etc/hostname", "sub/../../outside_timeseries.csv",
+                                  "link_timeseries.csv"])
+def test_read_mimic4_series_path_outside_the_folder_is_an_error(tmp_path, name):
+    listfile = write_mimic4(tmp_path / "data")
+    write_series(tmp_path / "outside_timeseries.csv", [series_line("0.0", Heart_Rate="1")])
+    (tmp_path / "data" / "ehr" / "link_timeseries.csv").symlink_to(tmp_path / "outside_timeseries.csv")
+    table = mimic4_table()
+    table.loc[3, "time_series"] = name
     table.to_csv(listfile, index=False)
-    cohort = read_mimic4_multimodal(listfile)
-    assert cohort.label_names == PHENOTYPE_LABELS
-    assert cohort.source["label_columns_match_schema"] is True
-    assert cohort.labels[:, 3:].sum() == 0
+    with pytest.raises(CohortError) as caught:
+        read_mimic4_multimodal(listfile, tmp_path / "data" / "ehr")
+    message = str(caught.value)
+    for fragment in (f"{listfile}: line 5, column 'time_series'", repr(name), "points outside the series folder"):
+        assert fragment in message
+
+
+def test_read_mimic4_series_in_a_subfolder_of_the_series_folder_is_read(tmp_path):
+    listfile = write_mimic4(tmp_path)
+    (tmp_path / "ehr" / "sub").mkdir()
+    (tmp_path / "ehr" / "102_episode1_timeseries.csv").rename(tmp_path / "ehr" / "sub" / "102_episode1_timeseries.csv")
+    table = mimic4_table()
+    table.loc[3, "time_series"] = "sub/102_episode1_timeseries.csv"
+    table.to_csv(listfile, index=False)
+    cohort = read_mimic4_multimodal(listfile, tmp_path / "ehr")
+    assert cohort.events.loc[cohort.events["row"] == 3, "Mean blood pressure"].tolist() == ["70"]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -279,8 +392,8 @@ BAD_INPUT = [
      ["train/listfile.csv", "line 3", "column 'Shock'", "'2'"]),
     ("empty label", _mimic3_case(lambda r: _edit_listfile(r, "test", lambda t: _set(t, PHENOTYPE_LABELS[0], 0, ""))),
      ["test/listfile.csv", "line 2", f"column '{PHENOTYPE_LABELS[0]}'", "found an empty cell"]),
-    ("mimic4 label not -1/0/1", _mimic4_edit(lambda t: _set(t, "Diagnosis B", 3, "0.5")),
-     ["multimodal_listfile.csv", "line 5", "column 'Diagnosis B'", "{-1, 0, 1}"]),
+    ("mimic4 label not -2/-1/0/1", _mimic4_edit(lambda t: _set(t, "Cardiomegaly", 3, "0.5")),
+     ["multimodal_listfile.csv", "line 5", "column 'Cardiomegaly'", "{-2, -1, 0, 1}"]),
     ("nan in continuous", _mimic3_case(lambda r: _edit_series(r, "10_episode1_timeseries.csv",
                                                               [series_line("0.0"), series_line("1.0", Heart_Rate="nan")])),
      ["10_episode1_timeseries.csv", "line 3", "column 'Heart Rate'", "'nan'"]),
@@ -303,8 +416,9 @@ BAD_INPUT = [
     ("duplicate stay across splits", _mimic3_case(lambda r: _edit_listfile(
         r, "test", lambda t: _set(t, "stay", 1, "10_episode1_timeseries.csv"))),
      ["duplicate stay id '10_episode1_timeseries.csv'", "train/listfile.csv line 2", "test/listfile.csv line 3"]),
-    ("mimic4 duplicate stay", _mimic4_edit(lambda t: _set(t, "stay_id", 4, "3000")),
-     ["duplicate stay id '3000'", "multimodal_listfile.csv line 2", "multimodal_listfile.csv line 6"]),
+    ("mimic4 stay on two rows with other content", _mimic4_edit(lambda t: _set(t, "study_id", 4, "3000")),
+     ["stay '3000' listed twice with different content", "multimodal_listfile.csv line 2",
+      "multimodal_listfile.csv line 6"]),
     ("bad stay file name", _mimic3_case(lambda r: _edit_listfile(r, "train", lambda t: _set(t, "stay", 2, "eleven.csv"))),
      ["train/listfile.csv", "line 4", "column 'stay'", "'eleven.csv'"]),
     ("negative period_length", _mimic3_case(lambda r: _edit_listfile(r, "train", lambda t: _set(t, "period_length", 0, "-1"))),
