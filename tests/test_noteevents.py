@@ -222,3 +222,45 @@ def test_labels_and_series_unchanged_by_the_notes_route(tmp_path):
     np.testing.assert_array_equal(with_notes.labels, plain.labels)
     pd.testing.assert_frame_equal(with_notes.events, plain.events)
     assert with_notes.label_names == PHENOTYPE_LABELS
+
+
+# --------------------------------------------------------------------------- real MIMIC-III demo
+def test_demo_benchmark_stays_match_one_icu_stay_each_and_get_their_notes(tmp_path):
+    """The official benchmark output of the demo against the demo's own ICUSTAYS: every stay matches one ICU
+    stay, and those stays obey the benchmark's own rules (no transfer, one ICU stay per admission, episode
+    order). The demo ships NOTEEVENTS without rows, so notes are written in its layout at the real times."""
+    from mimic3_demo import mimic3_demo
+    from data.noteevents import read_icustays, stay_times
+
+    demo = mimic3_demo()
+    root = demo / "mimic3-benchmarks-output" / "phenotyping"
+    icustays = demo / "raw" / "ICUSTAYS.csv.gz"
+    plain = read_mimic3_phenotyping(root, unknown_categories="missing")
+    stays = plain.stays.assign(episode=plain.stays["stay"].str.extract(r"_episode(\d+)_")[0].astype(np.int64),
+                               icustay_id=-1)
+    times = stay_times(stays, icustays)
+    assert len(times) == len(plain.stays) == 113 and times["ICUSTAY_ID"].is_unique
+    raw = pd.read_csv(icustays)
+    matched = raw.set_index("ICUSTAY_ID").loc[times["ICUSTAY_ID"]]
+    assert (matched["FIRST_CAREUNIT"] == matched["LAST_CAREUNIT"]).all()
+    assert (matched["FIRST_WARDID"] == matched["LAST_WARDID"]).all()
+    # the benchmark drops stays with a transfer, then admissions with more than one remaining ICU stay
+    no_transfer = raw[(raw["FIRST_CAREUNIT"] == raw["LAST_CAREUNIT"]) & (raw["FIRST_WARDID"] == raw["LAST_WARDID"])]
+    stays_per_admission = no_transfer.groupby("HADM_ID")["ICUSTAY_ID"].count()
+    assert (stays_per_admission.loc[matched["HADM_ID"]] == 1).all()
+    np.testing.assert_allclose(24 * matched["LOS"].to_numpy(), plain.stays["period_length"].to_numpy(), atol=1e-4)
+    assert len(read_icustays(icustays)) == len(raw)
+
+    rows = []
+    for index, (stay, subject, hadm, intime) in enumerate(
+            times[["stay", "SUBJECT_ID", "HADM_ID", "INTIME"]].itertuples(index=False)):
+        for k, hours in enumerate((1.0, -1.0)):  # one inside the window, one before INTIME
+            chart = (intime + pd.Timedelta(hours=hours)).strftime("%Y-%m-%d %H:%M:%S")
+            rows.append([2 * index + k, subject, hadm, chart[:10], chart, "", "Nursing", "Report", "", "",
+                         f"note {k} of {stay}"])
+    noteevents = tmp_path / "NOTEEVENTS.csv"
+    pd.DataFrame(rows, columns=NOTE_HEADER).to_csv(noteevents, index=False)
+    cohort = read_mimic3_phenotyping(root, noteevents=noteevents, icustays=icustays, unknown_categories="missing")
+    assert cohort.notes.tolist() == [f"note 0 of {s}" for s in cohort.stays["stay"]]
+    np.testing.assert_array_equal(cohort.labels, plain.labels)
+    pd.testing.assert_frame_equal(cohort.events, plain.events)

@@ -446,3 +446,51 @@ def test_bad_input_raises_cohort_error_naming_file_and_place(tmp_path, name, cas
     message = str(caught.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+# --------------------------------------------------------------------------- MIRACL's MIMIC-III listfiles
+def _miracl_mimic3(root: Path, *, with_notes: bool) -> Path:
+    """Rewrite the benchmark root into MIRACL's {split}_listfile.csv / {split}_multimodal_listfile.csv."""
+    for split in ("train", "test"):
+        table = pd.read_csv(root / split / "listfile.csv", dtype=str, keep_default_na=False)
+        table.insert(0, "stay_id", [str(200000 + i) for i in range(len(table))])
+        table.insert(0, "patient_id", [s.split("_")[0] for s in table["stay"]])
+        name = f"{split}_listfile.csv"
+        if with_notes:
+            table.insert(4, "notes", [NOTES.get(s, "") for s in table["stay"]])
+            name = f"{split}_multimodal_listfile.csv"
+        table.to_csv(root / name, index=False)
+        (root / split / "listfile.csv").unlink()
+    return root
+
+
+def test_read_miracl_mimic3_multimodal_listfile_with_notes_column(tmp_path):
+    root = _miracl_mimic3(write_mimic3(tmp_path, notes=None), with_notes=True)
+    cohort = read_mimic3_phenotyping(root)
+    reference = read_mimic3_phenotyping(write_mimic3(tmp_path / "ref"))
+    assert cohort.source["layout"] == "{split}_multimodal_listfile.csv"
+    assert cohort.stays["stay"].tolist() == reference.stays["stay"].tolist()
+    np.testing.assert_array_equal(cohort.labels, reference.labels)
+    assert cohort.notes.tolist() == reference.notes.tolist()
+    pd.testing.assert_frame_equal(cohort.events, reference.events)
+
+
+def test_read_miracl_mimic3_listfile_patient_id_must_match_the_stay_name(tmp_path):
+    root = _miracl_mimic3(write_mimic3(tmp_path, notes=None), with_notes=False)
+    table = pd.read_csv(root / "train_listfile.csv", dtype=str)
+    table.loc[1, "patient_id"] = "11"
+    table.to_csv(root / "train_listfile.csv", index=False)
+    with pytest.raises(CohortError, match=r"train_listfile.csv: line 3, column 'patient_id': 11 differs from the "
+                                          r"subject 10 of stay '10_episode2_timeseries.csv'"):
+        read_mimic3_phenotyping(root)
+
+
+def test_read_mimic3_unknown_listfile_column_is_an_error(tmp_path):
+    root = write_mimic3(tmp_path)
+    _edit_listfile(root, "test", lambda table: table.insert(2, "Shock2", "0"))
+    with pytest.raises(CohortError, match=r"test/listfile.csv: line 1 \(header\): unknown column\(s\) \['Shock2'\]"):
+        read_mimic3_phenotyping(root)
+    root = write_mimic3(tmp_path / "b")
+    _edit_listfile(root, "train", lambda table: table.pop("Shock"))
+    with pytest.raises(CohortError, match=r"train/listfile.csv: line 1 \(header\): missing label column\(s\) \['Shock'\]"):
+        read_mimic3_phenotyping(root)
