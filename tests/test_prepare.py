@@ -121,3 +121,30 @@ def test_end_to_end_tiny_synthetic_with_the_real_encoder(tmp_path):
     again = prepare_cohort("synthetic", tmp_path / "c", patients=8, hours=6, max_tokens=24, progress=False)
     manifest = load_manifest(again)
     assert manifest["cohort_hash"] == first_hash and manifest["reused"] == {"cohort": True, "text": True}
+
+
+def test_mimic4_diagnosis_task_folder_materialises_with_its_split_and_trains(tmp_path):
+    """DIA as FlexCare writes it (train/val/test listfiles, data/ehr, -1/-2 labels, stays without series or
+    note) -> a cohort with the shipped split that trains one epoch."""
+    from test_bad_inputs import run_one_epoch
+    from test_readers import MIMIC4_VALUES, SPLIT_ROWS, write_mimic4_task
+
+    task = write_mimic4_task(tmp_path / "data")
+    out = prepare_cohort(f"mimic4:{task}", tmp_path / "cohort", max_tokens=16, max_bins=12, split_seed=5,
+                         progress=False)
+    manifest = load_manifest(out)
+    stays = pd.read_parquet(out / "stays.parquet")
+    order = SPLIT_ROWS["train"] + SPLIT_ROWS["val"] + SPLIT_ROWS["test"]
+    assert dict(zip(stays["stay"], stays["split"])) == {str(3000 + r): ("test" if r in SPLIT_ROWS["test"] else "train")
+                                                        for r in order}
+    assert manifest["source"]["task"] == "diagnosis" and manifest["source"]["split"]["stays_per_file"] == {
+        "train": 3, "val": 1, "test": 2}
+    labels = np.load(out / "labels.npy")
+    assert labels.shape == (6, len(DIAGNOSIS_LABELS))
+    source_row = stays["stay"].astype(int).to_numpy() - 3000  # row of mimic4_table() of each cohort stay
+    expected = np.zeros((6, len(DIAGNOSIS_LABELS)), dtype=np.uint8)
+    expected[:, :3] = MIMIC4_VALUES[source_row] == 1  # -1 and -2 read as 0
+    np.testing.assert_array_equal(labels, expected)
+    assert not stays["has_series"].all() and not stays["has_note"].all()
+    metrics = run_one_epoch(out)
+    assert np.isfinite(metrics["train/loss"])
