@@ -1,18 +1,21 @@
-"""Readers of the two benchmark extracts into an in-memory `data.cohort.Cohort` (METHOD §1, §9, §10).
+"""Readers of the benchmark extracts into an in-memory `data.cohort.Cohort` (METHOD §1, §9, §10).
 
-`read_mimic3_phenotyping(root)` reads the mimic3-benchmarks phenotyping layout::
+`read_mimic3_phenotyping(root)` reads a MIMIC-III phenotyping extract (`MIMIC3_LAYOUTS`)::
 
-    ROOT/{train,test}/listfile.csv        stay,period_length,<L label columns>
+    ROOT/{train,test}/listfile.csv        stay,period_length,<25 phenotypes>   (mimic3-benchmarks)
+    ROOT/{train,test}_listfile.csv        patient_id,stay_id,stay,period_length,<25>  (MIRACL)
+    ROOT/{train,test}_multimodal_listfile.csv   ... period_length,notes,<25>    (MIRACL, with notes)
     ROOT/{train,test}/<subject>_episode<k>_timeseries.csv   Hours,<17 variables>
-    ROOT/notes.csv | ROOT/notes.parquet   stay,text   (optional; or notes_path=...)
+    ROOT/notes.csv | ROOT/notes.parquet   stay,text   (optional; or notes_path=, or noteevents=)
 
 keeping the source's train/test split; the patient id is the ``<subject>`` of the stay file name.
 
-`read_mimic4_multimodal(listfile, timeseries_dir)` reads a FlexCare/MIRACL MIMIC-IV listfile
-(``subject_id, stay_id, time_series, period_length, [dicom_id], past_medical_history|note|text,
-[demographics], <labels>``) whose ``time_series`` names a file in ``timeseries_dir``. A label of
--1 ("uncertain") is read as 0 and counted in ``source["uncertain_labels_read_as_zero"]``. It
-has no split: `data.split.assign_split` assigns one by patient.
+`read_mimic4_multimodal(source, timeseries_dir)` reads FlexCare/MIRACL MIMIC-IV listfiles — a
+task folder with their train/val/test split (kept; val -> train) or one listfile (no split:
+`data.split.assign_split` assigns one by patient) — of phenotyping (25 labels) or diagnosis
+(14 CheXpert labels, where -1 "uncertain" and -2 "not mentioned" are read as 0 and counted).
+
+Every numeric cell goes through the one grammar of `data.numbers`.
 
 Series files are read one by one with pandas (``dtype=str``; only an EMPTY cell is missing —
 pandas' default NA strings are switched off because "None" is a GCS eye-opening category);
@@ -26,16 +29,19 @@ problem                                                   policy
 ========================================================  ==========================================
 listfile (or a given notes file) missing                  error
 listfile without the required columns                    error
-label not in {0, 1} (MIMIC-IV: {-1, 0, 1}; -1 -> 0)       error (-1 counted in the manifest)
+listfile column neither metadata nor a label of the task  error (MIMIC-IV: or give ``label_columns``)
+label not in {0, 1} (MIMIC-IV: {-2, -1, 0, 1}; < 0 -> 0)  error (-1 and -2 counted in the manifest)
 period_length non-numeric, infinite or negative           error (empty = unknown: bins from max Hours)
-duplicate stay id (also across train/test listfiles)      error
+duplicate stay id (also across train/test listfiles)      error (MIMIC-IV: rows that differ only in the
+                                                          note are one stay; see _merge_duplicate_rows)
+MIMIC-IV ``time_series`` outside the series folder        error (``../``, absolute, symlink out)
 mimic3 stay name not ``<subject>_episode<k>_timeseries.csv``  error
 a patient in both the train and test listfile             error
 notes table: missing stay/text column, duplicate stay     error; notes of unknown stays are counted
 listfile stay whose series file does not exist            stay error [1]
 series file with a wrong header (expected vs found)       stay error [1]
 Hours empty, non-numeric, negative or not ascending       stay error [1] (equal times are allowed)
-continuous cell non-numeric, "nan" or infinite            stay error [1] (a cell is a number or empty)
+continuous cell outside data.numbers' grammar, overflow  stay error [1] (a cell is a number or empty)
 categorical cell not in the schema's value list           stay error [1], or with
                                                           ``unknown_categories="missing"`` read as
                                                           missing and counted per variable
@@ -685,7 +691,6 @@ def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLi
         "listfiles": [str(root / listfile_pattern.format(split=s)) for s in SPLITS],
         "notes_path": str(notes_file) if notes_file is not None else None,
         "notes_without_listed_stay": unmatched,
-        "label_columns_match_schema": True,
         "split": "source (train and test listfiles)",
         **source,
     }
