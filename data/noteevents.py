@@ -53,7 +53,7 @@ NOTEEVENTS_COLUMNS: tuple[str, ...] = ("ROW_ID", "SUBJECT_ID", "HADM_ID", "CHART
 ICUSTAYS_COLUMNS: tuple[str, ...] = ("SUBJECT_ID", "HADM_ID", "ICUSTAY_ID", "INTIME", "OUTTIME", "LOS")
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 PERIOD_TOLERANCE_HOURS = 1e-4
-CHUNK_ROWS = 100_000
+CHUNK_ROWS = 20_000  # ~40 MB of note text per chunk
 NOTE_JOINER = "\n\n"
 DEID_PLACEHOLDER = r"\[\*\*.*?\*\*\]"
 
@@ -207,6 +207,15 @@ def _match_benchmark_episodes(stays: pd.DataFrame, table: pd.DataFrame, icustays
 
 
 # --------------------------------------------------------------------------- notes
+def _first_notes(notes: pd.DataFrame, max_notes: int | None) -> pd.DataFrame:
+    """Notes (stay, CHARTTIME, ROW_ID, TEXT) ordered by stay, CHARTTIME, ROW_ID; the first ``max_notes``
+    of each stay (all with None). Keeping the first k of a union equals the first k of the first k of each part."""
+    ordered = notes.sort_values(["stay", "CHARTTIME", "ROW_ID"], kind="stable")
+    if max_notes is None:
+        return ordered
+    return ordered[ordered.groupby("stay", sort=False).cumcount().to_numpy() < max_notes]
+
+
 def clean_note_text(text: pd.Series) -> pd.Series:
     """De-identification placeholders removed, whitespace runs -> one space, stripped (rule step 5)."""
     return (text.str.replace(DEID_PLACEHOLDER, " ", regex=True).str.replace(r"\s+", " ", regex=True).str.strip())
@@ -264,17 +273,14 @@ def stay_notes_from_noteevents(noteevents: str | os.PathLike, times: pd.DataFram
                                   "TEXT": text[usable].to_numpy(dtype=object)})
             joined = notes.merge(windows, on=["SUBJECT_ID", "HADM_ID"], how="inner")
             inside = (joined["CHARTTIME"] >= joined["start"]) & (joined["CHARTTIME"] <= joined["end"])
-            kept.append(joined.loc[inside, ["stay", "CHARTTIME", "ROW_ID", "TEXT"]])
+            counts["notes_in_a_stay_window"] += int(inside.sum())
+            kept = [_first_notes(pd.concat(kept + [joined.loc[inside, ["stay", "CHARTTIME", "ROW_ID", "TEXT"]]],
+                                           ignore_index=True), rule.max_notes)]  # memory: stays × max_notes
             first_row += len(chunk)
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as error:
         raise CohortError(f"{path}: cannot parse NOTEEVENTS after data row {first_row}: {error}") from None
-    selected = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame(columns=["stay", "CHARTTIME", "ROW_ID", "TEXT"])
-    counts["notes_in_a_stay_window"] = int(len(selected))
-    selected = selected.sort_values(["stay", "CHARTTIME", "ROW_ID"], kind="stable")
-    if rule.max_notes is not None:
-        rank = selected.groupby("stay", sort=False).cumcount().to_numpy()
-        counts["notes_beyond_max_notes"] = int((rank >= rule.max_notes).sum())
-        selected = selected[rank < rule.max_notes]
+    selected = kept[0] if kept else pd.DataFrame(columns=["stay", "CHARTTIME", "ROW_ID", "TEXT"])
+    counts["notes_beyond_max_notes"] = counts["notes_in_a_stay_window"] - int(len(selected))
     selected = selected.assign(TEXT=clean_note_text(selected["TEXT"].astype(str)))
     selected = selected[selected["TEXT"].str.len() > 0]
     text = selected.groupby("stay", sort=False)["TEXT"].agg(NOTE_JOINER.join)

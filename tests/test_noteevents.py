@@ -264,3 +264,20 @@ def test_demo_benchmark_stays_match_one_icu_stay_each_and_get_their_notes(tmp_pa
     assert cohort.notes.tolist() == [f"note 0 of {s}" for s in cohort.stays["stay"]]
     np.testing.assert_array_equal(cohort.labels, plain.labels)
     pd.testing.assert_frame_equal(cohort.events, plain.events)
+
+
+@pytest.mark.parametrize("rule", [NoteRule(), NoteRule(window_hours=None, max_notes=None)], ids=["default", "all"])
+def test_chunked_reading_selects_the_same_notes(tmp_path, rule):
+    """Streaming NOTEEVENTS in chunks of 3 rows (first notes kept per chunk) = one chunk."""
+    from data.noteevents import stay_notes_from_noteevents, stay_times
+
+    root = write_root(tmp_path)
+    plain = read_mimic3_phenotyping(root)
+    stays = plain.stays.assign(episode=plain.stays["stay"].str.extract(r"_episode(\d+)_")[0].astype(np.int64),
+                               icustay_id=-1)
+    times = stay_times(stays, write_icustays(tmp_path / "ICUSTAYS.csv"))
+    notes = write_noteevents(tmp_path / "NOTEEVENTS.csv")
+    one, one_counts = stay_notes_from_noteevents(notes, times, rule=rule, chunk_rows=10_000)
+    small, small_counts = stay_notes_from_noteevents(notes, times, rule=rule, chunk_rows=3)
+    pd.testing.assert_series_equal(one.sort_index(), small.sort_index())
+    assert one_counts == small_counts
