@@ -844,7 +844,7 @@ def read_mimic4_multimodal(source: str | os.PathLike, timeseries_dir: str | os.P
         series_dir = path.parent if path.is_file() else path.parent / "ehr"
     if not series_dir.is_dir():
         raise CohortError(f"{series_dir}: time-series folder not found (listfiles {path}); pass it as "
-                          "mimic4:LISTFILES,TSDIR")
+                          "mimic4:TASKDIR|LISTFILE,TSDIR")
     tables, origin_files, origin_lines, splits = [], [], [], []
     task = columns = None
     for split, listfile in listfiles:
