@@ -27,10 +27,13 @@ import time
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from data.cohort import Cohort
 from data.errors import CohortError
 from data.materialise import load_manifest, materialise
 from data.noteevents import DEFAULT_NOTE_RULE, NoteRule
+from data.numbers import parse_numbers
 from data.readers import (DUPLICATE_STAY_POLICIES, UNKNOWN_CATEGORY_POLICIES, read_mimic3_phenotyping,
                           read_mimic4_multimodal)
 from data.split import assign_split
@@ -65,13 +68,13 @@ def note_rule_from_arguments(window_hours: str | None, max_notes: int | None) ->
         if window_hours.strip().lower() == "stay":
             window = None
         else:
-            try:
-                window = float(window_hours)
-            except ValueError:
-                raise CohortError(f"--note-window-hours {window_hours!r}: expected hours > 0 or 'stay'") from None
-    notes = DEFAULT_NOTE_RULE.max_notes if max_notes is None else (max_notes or None)
+            values, bad = parse_numbers(pd.Series([window_hours], dtype=object))
+            if bad[0] or pd.isna(values[0]):
+                raise CohortError(f"--note-window-hours {window_hours!r}: expected hours > 0 or 'stay'")
+            window = float(values[0])
+    kept = DEFAULT_NOTE_RULE.max_notes if max_notes is None else (max_notes or None)
     try:
-        return NoteRule(window_hours=window, max_notes=notes, categories=DEFAULT_NOTE_RULE.categories)
+        return NoteRule(window_hours=window, max_notes=kept, categories=DEFAULT_NOTE_RULE.categories)
     except ValueError as error:
         raise CohortError(f"--note-window-hours/--max-notes: {error}") from None
 

@@ -210,8 +210,11 @@ def test_cli_noteevents_flags_reach_the_cohort(tmp_path, monkeypatch, capsys):
                                                                    "categories": None}
     assert manifest["missingness"]["all"]["without_note"] == 3
     capsys.readouterr()
-    assert main(arguments[:-2] + ["--note-window-hours", "nan"]) == 2
-    assert "window_hours must be a finite number > 0 or None, got nan" in capsys.readouterr().err
+    for value in ("nan", "4_8", " 48"):  # the number grammar of data.numbers
+        assert main(arguments[:-2] + ["--note-window-hours", value]) == 2
+        assert f"--note-window-hours {value!r}: expected hours > 0 or 'stay'" in capsys.readouterr().err
+    assert main(arguments[:-2] + ["--note-window-hours", "-3"]) == 2
+    assert "window_hours must be a finite number > 0 or None, got -3.0" in capsys.readouterr().err
     assert main(arguments[:-2] + ["--note-window-hours", "two days"]) == 2
     assert "--note-window-hours 'two days': expected hours > 0 or 'stay'" in capsys.readouterr().err
 
