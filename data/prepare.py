@@ -34,8 +34,8 @@ from data.errors import CohortError
 from data.materialise import load_manifest, materialise
 from data.noteevents import DEFAULT_NOTE_RULE, NoteRule
 from data.numbers import parse_numbers
-from data.readers import (DUPLICATE_STAY_POLICIES, UNKNOWN_CATEGORY_POLICIES, read_mimic3_phenotyping,
-                          read_mimic4_multimodal)
+from data.mimic4 import DUPLICATE_STAY_POLICIES, read_mimic4_multimodal
+from data.readers import UNKNOWN_CATEGORY_POLICIES, read_mimic3_phenotyping
 from data.split import assign_split
 
 logger = logging.getLogger("data.prepare")

@@ -1,4 +1,4 @@
-"""Readers of the benchmark extracts into an in-memory `data.cohort.Cohort` (METHOD §1, §9, §10).
+"""MIMIC-III extracts -> an in-memory `data.cohort.Cohort`, and the pieces every reader shares (METHOD §1, §9, §10).
 
 `read_mimic3_phenotyping(root)` reads a MIMIC-III phenotyping extract (`MIMIC3_LAYOUTS`)::
 
@@ -10,10 +10,8 @@
 
 keeping the source's train/test split; the patient id is the ``<subject>`` of the stay file name.
 
-`read_mimic4_multimodal(source, timeseries_dir)` reads FlexCare/MIRACL MIMIC-IV listfiles — a
-task folder with their train/val/test split (kept; val -> train) or one listfile (no split:
-`data.split.assign_split` assigns one by patient) — of phenotyping (25 labels) or diagnosis
-(14 CheXpert labels, where -1 "uncertain" and -2 "not mentioned" are read as 0 and counted).
+The shared pieces (listfile reading and cell checks, series files, `assemble_cohort`) serve the
+MIMIC-IV reader of `data.mimic4` as well.
 
 Every numeric cell goes through the one grammar of `data.numbers`.
 
@@ -71,20 +69,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from data.cohort import Cohort, SPLITS, empty_events
-from data.numbers import parse_integers, parse_numbers
 from data.errors import CohortError
-from data.schema import DIAGNOSIS_LABELS, PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLES
+from data.noteevents import DEFAULT_NOTE_RULE, NoteRule, stay_notes_from_noteevents, stay_times
+from data.numbers import parse_integers, parse_numbers
+from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLES
 from data.split import assert_no_patient_crosses
 
 logger = logging.getLogger(__name__)
 
 STAY_FILE_PATTERN = re.compile(r"^(?P<subject>\d+)_episode(?P<episode>\d+)_timeseries\.csv$")
-MIMIC4_NOTE_COLUMNS: tuple[str, ...] = ("past_medical_history", "note", "text")
-MIMIC4_METADATA_COLUMNS: frozenset[str] = frozenset({  # read or knowingly ignored (demographics, times)
-    "subject_id", "hadm_id", "time_series", "dicom_id",
-    *MIMIC4_NOTE_COLUMNS, "race", "marital_status", "insurance", "gender", "anchor_age", "age",
-    "intime", "outtime", "endtime", "StudyDateTime",
-})
 UNKNOWN_CATEGORY_POLICIES: tuple[str, ...] = ("error", "missing")
 MAX_EXAMPLE_VALUES = 5
 
@@ -101,7 +94,7 @@ def _show(value) -> str:
         else repr(value)
 
 
-def _read_listfile(path: Path) -> pd.DataFrame:
+def read_listfile(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise CohortError(f"{path}: listfile not found (expected a CSV with a header line)")
     try:
@@ -110,13 +103,13 @@ def _read_listfile(path: Path) -> pd.DataFrame:
         raise CohortError(f"{path}: cannot parse listfile as CSV: {error}") from None
 
 
-def _require_columns(table: pd.DataFrame, columns: Iterable[str], path: Path) -> None:
+def require_columns(table: pd.DataFrame, columns: Iterable[str], path: Path) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise CohortError(f"{path}: line 1 (header): missing column(s) {missing}; found {list(table.columns)}")
 
 
-def _parse_labels(table: pd.DataFrame, columns: Sequence[str], path: Path,
+def parse_label_columns(table: pd.DataFrame, columns: Sequence[str], path: Path,
                   allowed: tuple[int, ...], *, origin_line: np.ndarray | None = None) -> np.ndarray:
     """Label columns -> float64 N×L with values in ``allowed`` (`data.numbers` grammar; '1.0' is 1);
     the error names the line and column."""
@@ -136,7 +129,7 @@ def _parse_labels(table: pd.DataFrame, columns: Sequence[str], path: Path,
     return numeric
 
 
-def _parse_period_length(table: pd.DataFrame, path: Path, column: str = "period_length", *,
+def parse_period_length(table: pd.DataFrame, path: Path, column: str = "period_length", *,
                          origin_line: np.ndarray | None = None) -> np.ndarray:
     """``column`` -> float64 hours; empty = NaN (unknown), anything else a finite number >= 0."""
     raw = table[column]
@@ -150,7 +143,7 @@ def _parse_period_length(table: pd.DataFrame, path: Path, column: str = "period_
     return value
 
 
-def _parse_ids(table: pd.DataFrame, column: str, path: Path, what: str, *,
+def parse_id_column(table: pd.DataFrame, column: str, path: Path, what: str, *,
                origin_line: np.ndarray | None = None) -> np.ndarray:
     """Integer id column (every cell present) -> int64 N; the error names line and column."""
     raw = table[column]
@@ -164,36 +157,7 @@ def _parse_ids(table: pd.DataFrame, column: str, path: Path, what: str, *,
     return value.astype(np.int64)
 
 
-def confined_paths(folder: Path, names: pd.Series, *, listfile: Path, column: str,
-                   origin_line: np.ndarray) -> np.ndarray:
-    """Data-derived file names -> str paths inside ``folder`` (None where the cell is empty).
-
-    A name must be relative, without '..' components, and resolve (symlinks followed) to a
-    path inside ``folder``'s resolved path; anything else is a `CohortError` naming the listfile,
-    line and column. Shapes: names N -> object N.
-    """
-    stripped = names.str.strip()
-    present = stripped.notna().to_numpy() & (stripped.str.len() > 0).to_numpy()
-    text = stripped.fillna("")
-    escapes = (text.str.match(r"^(?:[/\\~]|[A-Za-z]:)") | text.str.contains(r"(?:^|[/\\])\.\.(?:[/\\]|$)")
-               ).to_numpy(dtype=bool) & present
-    root = os.path.realpath(folder)
-    paths = np.full(len(names), None, dtype=object)
-    for row in np.flatnonzero(present & ~escapes):
-        candidate = os.path.join(root, text.iat[row])
-        if os.path.commonpath([root, os.path.realpath(candidate)]) != root:
-            escapes[row] = True
-        else:
-            paths[row] = candidate
-    if escapes.any():
-        row = int(np.flatnonzero(escapes)[0])
-        raise CohortError(f"{listfile}: line {origin_line[row]}, column '{column}': file name "
-                          f"{names.iat[row]!r} points outside the series folder {folder}; expected a "
-                          f"relative name inside it ({int(escapes.sum())} such cell(s))")
-    return paths
-
-
-def _check_unique_stays(stay: np.ndarray, origin_file: np.ndarray, origin_line: np.ndarray) -> None:
+def check_unique_stays(stay: np.ndarray, origin_file: np.ndarray, origin_line: np.ndarray) -> None:
     duplicated = pd.Series(stay).duplicated(keep=False).to_numpy()
     if duplicated.any():
         first = stay[duplicated][0]
@@ -214,9 +178,9 @@ def _read_notes(path: Path) -> pd.Series:
             table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except Exception as error:  # pyarrow/pandas raise many types for unreadable files
         raise CohortError(f"{path}: cannot read notes table: {error}") from None
-    _require_columns(table, ("stay", "text"), path)
+    require_columns(table, ("stay", "text"), path)
     stay = table["stay"].astype(str).str.strip().to_numpy(dtype=object)
-    _check_unique_stays(stay, np.full(len(stay), str(path), dtype=object), np.arange(len(stay)) + 2)
+    check_unique_stays(stay, np.full(len(stay), str(path), dtype=object), np.arange(len(stay)) + 2)
     text = table["text"].astype(object).where(table["text"].notna(), "").astype(str)
     text = text.where(text.str.strip().str.len() > 0, "")
     return pd.Series(text.to_numpy(dtype=object), index=stay, dtype=object)
@@ -458,14 +422,14 @@ def _validate_events(events: pd.DataFrame, files: np.ndarray, problems: _Problem
 
 
 # --------------------------------------------------------------------------- assembly
-def _assemble(stays: pd.DataFrame, labels: np.ndarray, label_names: Sequence[str], notes: np.ndarray,
+def assemble_cohort(stays: pd.DataFrame, labels: np.ndarray, label_names: Sequence[str], notes: np.ndarray,
               origin_file: np.ndarray, origin_line: np.ndarray, source: dict, *,
               unknown_categories: str, drop_bad_stays: bool, progress: bool, started: float) -> Cohort:
     """Shared tail of both readers: read and check series files, drop or raise, build the Cohort."""
     if unknown_categories not in UNKNOWN_CATEGORY_POLICIES:
         raise ValueError(f"unknown_categories must be one of {UNKNOWN_CATEGORY_POLICIES}, got {unknown_categories!r}")
     stay_ids = stays["stay"].to_numpy(dtype=object)
-    _check_unique_stays(stay_ids, origin_file, origin_line)
+    check_unique_stays(stay_ids, origin_file, origin_line)
     files = stays["series_file"].to_numpy(dtype=object)
     problems = _Problems()
     has_file = pd.notna(stays["series_file"]).to_numpy()
@@ -547,14 +511,14 @@ def _mimic3_layout(root: Path) -> tuple[str, str]:
     raise CohortError(f"{root}: no MIMIC-III phenotyping listfiles found; expected one of: {expected}")
 
 
-def _unknown_column_error(path: Path, unknown: Sequence[str], expected: str) -> CohortError:
+def unknown_column_error(path: Path, unknown: Sequence[str], expected: str) -> CohortError:
     return CohortError(f"{path}: line 1 (header): unknown column(s) {list(unknown)}; expected {expected} "
                        "(a column that is neither metadata nor a label of the task is not read as a label)")
 
 
 def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLike | None = None, *,
                             noteevents: str | os.PathLike | None = None,
-                            icustays: str | os.PathLike | None = None, note_rule=None,
+                            icustays: str | os.PathLike | None = None, note_rule: NoteRule | None = None,
                             unknown_categories: str = "error", drop_bad_stays: bool = False,
                             progress: bool = False) -> Cohort:
     """Read a MIMIC-III phenotyping extract (train and test, split kept) -> Cohort (N stays).
@@ -580,19 +544,19 @@ def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLi
     parts = []
     for split in SPLITS:
         listfile = root / listfile_pattern.format(split=split)
-        table = _read_listfile(listfile)
-        _require_columns(table, ("stay", "period_length"), listfile)
+        table = read_listfile(listfile)
+        require_columns(table, ("stay", "period_length"), listfile)
         columns = [c for c in table.columns if c not in MIMIC3_METADATA_COLUMNS]
         unknown = [c for c in columns if c not in PHENOTYPE_LABELS]
         missing = [c for c in PHENOTYPE_LABELS if c not in columns]
         if unknown or missing:
             if unknown:
-                raise _unknown_column_error(listfile, unknown, f"the metadata columns {list(MIMIC3_METADATA_COLUMNS)} "
+                raise unknown_column_error(listfile, unknown, f"the metadata columns {list(MIMIC3_METADATA_COLUMNS)} "
                                             "and the 25 phenotype labels of data.schema.PHENOTYPE_LABELS")
             raise CohortError(f"{listfile}: line 1 (header): missing label column(s) {missing}; expected the 25 "
                               "phenotypes of data.schema.PHENOTYPE_LABELS")
-        labels = _parse_labels(table, PHENOTYPE_LABELS, listfile, (0, 1))
-        period = _parse_period_length(table, listfile)
+        labels = parse_label_columns(table, PHENOTYPE_LABELS, listfile, (0, 1))
+        period = parse_period_length(table, listfile)
         stay = table["stay"].fillna("").str.strip()
         parsed = stay.str.extract(STAY_FILE_PATTERN)
         bad = parsed["subject"].isna().to_numpy()
@@ -602,13 +566,13 @@ def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLi
                               f"'<subject>_episode<k>_timeseries.csv', found {table['stay'].iat[row]!r}")
         subject = parsed["subject"].astype(np.int64).to_numpy()
         if "patient_id" in table.columns:
-            patient = _parse_ids(table, "patient_id", listfile, "patient id")
+            patient = parse_id_column(table, "patient_id", listfile, "patient id")
             differs = patient != subject
             if differs.any():
                 row = int(np.flatnonzero(differs)[0])
                 raise CohortError(f"{listfile}: line {_line(row)}, column 'patient_id': {patient[row]} differs "
                                   f"from the subject {subject[row]} of stay {stay.iat[row]!r}")
-        icustay = (_parse_ids(table, "stay_id", listfile, "ICU stay id (ICUSTAY_ID)")
+        icustay = (parse_id_column(table, "stay_id", listfile, "ICU stay id (ICUSTAY_ID)")
                    if "stay_id" in table.columns else np.full(len(table), -1, dtype=np.int64))
         listed_notes = None
         if "notes" in table.columns:
@@ -638,7 +602,7 @@ def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLi
     origin_file = np.concatenate([p["origin_file"] for p in parts])
     origin_line = np.concatenate([p["origin_line"] for p in parts])
 
-    _check_unique_stays(stays["stay"].to_numpy(dtype=object), origin_file, origin_line)
+    check_unique_stays(stays["stay"].to_numpy(dtype=object), origin_file, origin_line)
     # a patient on both sides of the source split would leak between train and test (METHOD §1)
     assert_no_patient_crosses(stays, where=f"{root} (train vs test listfile)")
 
@@ -651,7 +615,6 @@ def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLi
         raise CohortError(f"{root}: notes from {' and '.join(given)}; expected one notes source")
     source: dict = {}
     if noteevents is not None:
-        from data.noteevents import DEFAULT_NOTE_RULE, stay_notes_from_noteevents, stay_times
         rule = note_rule or DEFAULT_NOTE_RULE
         if icustays is None:
             raise CohortError("--noteevents needs the ICU stay times: pass --icustays ICUSTAYS.csv[.gz] "
@@ -694,257 +657,6 @@ def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLi
         "split": "source (train and test listfiles)",
         **source,
     }
-    return _assemble(stays, labels, PHENOTYPE_LABELS, notes, origin_file, origin_line, source,
-                     unknown_categories=unknown_categories, drop_bad_stays=drop_bad_stays,
-                     progress=progress, started=started)
-
-
-# --------------------------------------------------------------------------- MIMIC-IV (FlexCare / MIRACL)
-MIMIC4_SPLIT_FILES: dict[str, str] = {
-    # FlexCare's and MIRACL's create_train_val_test_set write train/val/test; MIRACL's loader reads
-    # train_val (train and val concatenated) + test
-    "train": "train_multimodal_listfile.csv",
-    "val": "val_multimodal_listfile.csv",
-    "train_val": "train_val_multimodal_listfile.csv",
-    "test": "test_multimodal_listfile.csv",
-}
-MIMIC4_TASKS: dict[str, tuple[str, ...]] = {"phenotyping": PHENOTYPE_LABELS, "diagnosis": DIAGNOSIS_LABELS}
-MIMIC4_STAY_COLUMNS: tuple[str, ...] = ("stay_id", "study_id")          # phenotyping | diagnosis
-MIMIC4_PERIOD_COLUMNS: tuple[str, ...] = ("period_length", "period_len")  # phenotyping | diagnosis
-MIMIC4_LABEL_VALUES: tuple[int, ...] = (-2, -1, 0, 1)
-DUPLICATE_STAY_POLICIES: tuple[str, ...] = ("join-notes", "last")
-NOTE_SEPARATOR = "\n\n"
-
-
-def _first_present(table: pd.DataFrame, names: Sequence[str], path: Path, what: str) -> str:
-    found = [c for c in names if c in table.columns]
-    if len(found) != 1:
-        raise CohortError(f"{path}: line 1 (header): expected exactly one {what} column of {list(names)}, "
-                          f"found {found or 'none'}")
-    return found[0]
-
-
-def _mimic4_listfiles(source: Path) -> list[tuple[str | None, Path]]:
-    """(split, listfile) pairs of a FlexCare/MIRACL task folder, or [(None, file)] for one listfile."""
-    if source.is_file():
-        return [(None, source)]
-    if not source.is_dir():
-        raise CohortError(f"{source}: listfile or task folder not found (expected a folder with "
-                          f"{MIMIC4_SPLIT_FILES['train']}, {MIMIC4_SPLIT_FILES['val']}, {MIMIC4_SPLIT_FILES['test']}, "
-                          "or one multimodal listfile)")
-    present = {split: source / name for split, name in MIMIC4_SPLIT_FILES.items() if (source / name).is_file()}
-    if "test" not in present or not ({"train", "train_val"} & set(present)):
-        raise CohortError(f"{source}: expected {MIMIC4_SPLIT_FILES['test']} and {MIMIC4_SPLIT_FILES['train']} "
-                          f"(+ {MIMIC4_SPLIT_FILES['val']}) or {MIMIC4_SPLIT_FILES['train_val']}; found "
-                          f"{sorted(p.name for p in present.values()) or 'none of them'}")
-    order = ("train_val", "test") if "train_val" in present else ("train", "val", "test")
-    return [(split, present[split]) for split in order if split in present]
-
-
-def _mimic4_labels(columns: Sequence[str], label_columns: Sequence[str] | None, path: Path) -> tuple[str, list[str]]:
-    """(task, label column names) of a listfile header; unknown columns are an error."""
-    metadata = set(MIMIC4_METADATA_COLUMNS) | set(MIMIC4_STAY_COLUMNS) | set(MIMIC4_PERIOD_COLUMNS)
-    rest = [c for c in columns if c not in metadata]
-    if label_columns is not None:
-        missing = [c for c in label_columns if c not in columns]
-        if missing:
-            raise CohortError(f"{path}: line 1 (header): missing label column(s) {missing}; found {list(columns)}")
-        unknown = [c for c in rest if c not in label_columns]
-        if unknown:
-            raise _unknown_column_error(path, unknown, f"metadata columns {sorted(metadata)} and the given labels")
-        return "custom", list(label_columns)
-    for task, names in MIMIC4_TASKS.items():
-        if set(rest) == set(names):
-            return task, list(names)
-    best = max(MIMIC4_TASKS, key=lambda t: len(set(rest) & set(MIMIC4_TASKS[t])))
-    unknown = [c for c in rest if c not in MIMIC4_TASKS[best]]
-    missing = [c for c in MIMIC4_TASKS[best] if c not in rest]
-    if unknown:
-        raise _unknown_column_error(path, unknown, f"metadata columns {sorted(metadata)} and the labels of one task "
-                                    f"({', '.join(f'{t}: {len(n)}' for t, n in MIMIC4_TASKS.items())})")
-    raise CohortError(f"{path}: line 1 (header): missing {best} label column(s) {missing}")
-
-
-def _merge_duplicate_rows(table: pd.DataFrame, stay_column: str, note_column: str | None, policy: str,
-                          origin_file: np.ndarray, origin_line: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Rows of one stay (the admission has several notes) -> one row.
-
-    Every column but the note must be equal across the rows (else a `CohortError` naming both
-    lines); the note is the distinct non-empty notes joined in listfile order by `NOTE_SEPARATOR`
-    (``join-notes``) or the last row's note (``last``: what MIRACL's loader keeps, its dict keyed
-    by stay and period overwrites earlier rows). Returns (kept row indices K, notes K, counts).
-    """
-    stay = table[stay_column].to_numpy(dtype=object)
-    notes = (table[note_column].fillna("").astype(str).str.strip().to_numpy(dtype=object) if note_column
-             else np.full(len(table), "", dtype=object))
-    groups = pd.Series(np.arange(len(table))).groupby(pd.Series(stay), sort=False)
-    first = groups.transform("first").to_numpy()
-    repeated = np.flatnonzero(first != np.arange(len(table)))
-    others = [c for c in table.columns if c != note_column]
-    if len(repeated):
-        left = table[others].iloc[first[repeated]].fillna("").to_numpy(dtype=object)
-        right = table[others].iloc[repeated].fillna("").to_numpy(dtype=object)
-        other_file = origin_file[first[repeated]] != origin_file[repeated]
-        if other_file.any():
-            a, b = first[repeated[other_file]][0], repeated[other_file][0]
-            raise CohortError(f"stay {stay[b]!r} is in two listfiles: {origin_file[a]} line {origin_line[a]} and "
-                              f"{origin_file[b]} line {origin_line[b]}; expected each stay in one split")
-        differs = left != right
-        if differs.any():
-            index, column = np.argwhere(differs)[0]
-            a, b = first[repeated[index]], repeated[index]
-            raise CohortError(f"stay {stay[b]!r} listed twice with different content: {origin_file[a]} line "
-                              f"{origin_line[a]} and {origin_file[b]} line {origin_line[b]} (column "
-                              f"'{others[column]}'); expected rows of one stay to differ only in the note")
-    keep = np.flatnonzero(first == np.arange(len(table)))
-    if policy == "last":
-        last = groups.transform("last").to_numpy()
-        merged = notes[last[keep]]
-    else:
-        frame = pd.DataFrame({"stay": stay, "note": notes})
-        frame = frame[frame["note"].str.len() > 0].drop_duplicates()
-        joined = frame.groupby("stay", sort=False)["note"].agg(NOTE_SEPARATOR.join)
-        merged = joined.reindex(stay[keep]).fillna("").to_numpy(dtype=object)
-    counts = {"stays_listed_more_than_once": int(len(np.unique(first[repeated]))),
-              "rows_merged": int(len(repeated)), "policy": policy}
-    return keep, merged, counts
-
-
-def read_mimic4_multimodal(source: str | os.PathLike, timeseries_dir: str | os.PathLike | None = None, *,
-                           label_columns: Sequence[str] | None = None, duplicate_stays: str = "join-notes",
-                           unknown_categories: str = "error", drop_bad_stays: bool = False,
-                           progress: bool = False) -> Cohort:
-    """Read FlexCare/MIRACL MIMIC-IV multimodal listfiles -> Cohort (N stays).
-
-    ``source``: a task folder (``data/phenotyping`` or ``data/diagnosis`` in FlexCare's layout)
-    with the split the pipeline wrote (`MIMIC4_SPLIT_FILES`), kept as it is: train (+ val) ->
-    "train", test -> "test" — validation stays train, as in MIRACL, which trains on train+val and
-    uses no validation set (paper A.5: no early stopping). A single listfile has no split
-    (`data.split.assign_split` then draws one by patient). ``timeseries_dir`` defaults to
-    ``<task folder>/../ehr`` (FlexCare's ``data/ehr``), or the listfile's folder for one listfile.
-
-    Columns: ``subject_id``, ``stay_id`` (phenotyping) or ``study_id`` (diagnosis: one CXR study),
-    ``time_series`` (a file name in ``timeseries_dir``, confined to it; empty = no series),
-    ``period_length`` or ``period_len``, optional ``dicom_id``, the note (first present of
-    past_medical_history, note, text), demographics, then the labels of one task of
-    `MIMIC4_TASKS` (or ``label_columns``); any other column is an error. Label values
-    (MIRACL/FlexCare): 1, 0, -1 (CheXpert "uncertain") and -2 (FlexCare's fill for a finding the
-    report does not mention); -1 and -2 are read as 0, as MIRACL's training and test do
-    (``y[y <= -1] = 0``), and counted in the manifest. A stay listed on several rows (its
-    admission has several notes) becomes one stay: see `_merge_duplicate_rows`.
-    """
-    started = time.perf_counter()
-    if duplicate_stays not in DUPLICATE_STAY_POLICIES:
-        raise ValueError(f"duplicate_stays must be one of {DUPLICATE_STAY_POLICIES}, got {duplicate_stays!r}")
-    path = Path(source)
-    listfiles = _mimic4_listfiles(path)
-    if timeseries_dir is not None:
-        series_dir = Path(timeseries_dir)
-    else:
-        series_dir = path.parent if path.is_file() else path.parent / "ehr"
-    if not series_dir.is_dir():
-        raise CohortError(f"{series_dir}: time-series folder not found (listfiles {path}); pass it as "
-                          "mimic4:TASKDIR|LISTFILE,TSDIR")
-    tables, origin_files, origin_lines, splits = [], [], [], []
-    task = columns = None
-    for split, listfile in listfiles:
-        table = _read_listfile(listfile)
-        _require_columns(table, ("subject_id", "time_series"), listfile)
-        file_task, file_columns = _mimic4_labels(table.columns, label_columns, listfile)
-        if columns is None:
-            task, columns = file_task, file_columns
-            header = list(table.columns)
-        elif list(table.columns) != header:
-            raise CohortError(f"{listfile}: line 1 (header): columns {list(table.columns)} differ from "
-                              f"{listfiles[0][1]}: {header}")
-        tables.append(table)
-        origin_files.append(np.full(len(table), str(listfile), dtype=object))
-        origin_lines.append(np.arange(len(table)) + 2)
-        splits.append(np.full(len(table), split, dtype=object))
-    table = pd.concat(tables, ignore_index=True)
-    origin_file, origin_line = np.concatenate(origin_files), np.concatenate(origin_lines)
-    split_of_row = np.concatenate(splits)
-    first_file = listfiles[0][1]
-    stay_column = _first_present(table, MIMIC4_STAY_COLUMNS, first_file, "stay id")
-    period_column = _first_present(table, MIMIC4_PERIOD_COLUMNS, first_file, "period length")
-    note_column = next((c for c in MIMIC4_NOTE_COLUMNS if c in table.columns), None)
-
-    table[stay_column] = table[stay_column].fillna("").str.strip()
-    empty = (table[stay_column].str.len() == 0).to_numpy()
-    if empty.any():
-        row = int(np.flatnonzero(empty)[0])
-        raise CohortError(f"{origin_file[row]}: line {origin_line[row]}, column '{stay_column}': expected a stay "
-                          "id, found an empty cell")
-    keep, notes, duplicates = _merge_duplicate_rows(table, stay_column, note_column, duplicate_stays,
-                                                    origin_file, origin_line)
-    table = table.iloc[keep].reset_index(drop=True)
-    origin_file, origin_line, split_of_row = origin_file[keep], origin_line[keep], split_of_row[keep]
-    if duplicates["rows_merged"]:
-        logger.info("%d stay(s) listed on several rows (several notes of the admission): one stay each, "
-                    "notes %s", duplicates["stays_listed_more_than_once"],
-                    "joined in listfile order" if duplicate_stays == "join-notes" else "of the last row")
-
-    by_file = {}
-    for name in np.unique(origin_file):
-        rows = origin_file == name
-        by_file[name] = rows
-    labels_raw = np.empty((len(table), len(columns)), dtype=np.float64)
-    period = np.empty(len(table), dtype=np.float64)
-    subject = np.empty(len(table), dtype=np.int64)
-    for name, rows in by_file.items():
-        part = table[rows].reset_index(drop=True)
-        labels_raw[rows] = _parse_labels(part, columns, Path(name), MIMIC4_LABEL_VALUES, origin_line=origin_line[rows])
-        period[rows] = _parse_period_length(part, Path(name), period_column, origin_line=origin_line[rows])
-        subject[rows] = _parse_ids(part, "subject_id", Path(name), "patient id", origin_line=origin_line[rows])
-    uncertain, unmentioned = labels_raw == -1, labels_raw == -2
-    labels = np.where(labels_raw < 0, 0, labels_raw).astype(np.uint8)
-
-    series_file = np.full(len(table), None, dtype=object)
-    for name, rows in by_file.items():
-        series_file[rows] = confined_paths(series_dir, table.loc[rows, "time_series"].reset_index(drop=True),
-                                           listfile=Path(name), column="time_series", origin_line=origin_line[rows])
-    split_values = (np.where(split_of_row == "test", "test", "train").astype(object)
-                    if listfiles[0][0] is not None else np.full(len(table), None, dtype=object))
-    stays = pd.DataFrame({
-        "stay": table[stay_column].to_numpy(dtype=object),
-        "patient_id": subject,
-        "split": split_values,
-        "period_length": period,
-        "series_file": series_file,
-    })
-    stays["split"] = stays["split"].astype(object)
-    stays["series_file"] = stays["series_file"].astype(object)
-    _check_unique_stays(stays["stay"].to_numpy(dtype=object), origin_file, origin_line)
-    if listfiles[0][0] is not None:
-        assert_no_patient_crosses(stays, where=f"{path} (train/val vs test listfile)")
-    if note_column is None:
-        logger.warning("%s: no note column (%s); every note is missing", path, "/".join(MIMIC4_NOTE_COLUMNS))
-    split_source = None
-    if listfiles[0][0] is not None:
-        split_source = {"method": "source listfiles (validation stays -> train, as MIRACL)",
-                        "files": {split: str(f) for split, f in listfiles},
-                        "stays_per_file": {split: int((split_of_row == split).sum()) for split, _ in listfiles}}
-    source = {
-        "format": "mimic4-multimodal-listfile",
-        "task": task,
-        "listfiles": [str(f.resolve()) for _, f in listfiles],
-        "timeseries_dir": str(series_dir.resolve()),
-        "stay_column": stay_column,
-        "period_column": period_column,
-        "note_column": note_column,
-        "label_columns_match_schema": tuple(columns) == PHENOTYPE_LABELS,
-        "uncertain_labels_read_as_zero": int(uncertain.sum()),
-        "uncertain_labels_per_label": {name: int(n) for name, n in zip(columns, uncertain.sum(axis=0))},
-        "unmentioned_labels_read_as_zero": int(unmentioned.sum()),
-        "unmentioned_labels_per_label": {name: int(n) for name, n in zip(columns, unmentioned.sum(axis=0))},
-        "duplicate_stay_rows": duplicates,
-        "stays_without_series_file": int(sum(f is None for f in series_file)),
-        "has_dicom_id": "dicom_id" in table.columns,
-        "split": split_source,
-    }
-    if uncertain.any() or unmentioned.any():
-        logger.info("%s: read %d label(s) of -1 (uncertain) and %d of -2 (not mentioned) as 0", path,
-                    int(uncertain.sum()), int(unmentioned.sum()))
-    return _assemble(stays, labels, columns, notes, origin_file, origin_line, source,
+    return assemble_cohort(stays, labels, PHENOTYPE_LABELS, notes, origin_file, origin_line, source,
                      unknown_categories=unknown_categories, drop_bad_stays=drop_bad_stays,
                      progress=progress, started=started)

@@ -1,4 +1,4 @@
-"""Readers of the mimic3-benchmarks phenotyping layout and the FlexCare/MIRACL MIMIC-IV listfile."""
+"""Readers of the MIMIC-III phenotyping extracts (data.readers) and the FlexCare/MIRACL MIMIC-IV listfiles (data.mimic4)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from data.errors import CohortError
-from data.readers import read_mimic3_phenotyping, read_mimic4_multimodal
+from data.mimic4 import read_mimic4_multimodal
+from data.readers import read_mimic3_phenotyping
 from data.schema import DIAGNOSIS_LABELS, PHENOTYPE_LABELS, TIMESERIES_HEADER
 from data.split import assign_split
 from series_layout import series_line
