@@ -5,6 +5,13 @@
 opened lazily and dropped on pickling, so DataLoader workers (fork or spawn) reopen the same
 files instead of receiving a copy of the arrays.
 
+Before it trusts a directory it checks it (`data.materialise` writes what is checked):
+the manifest's own digest, every recorded file against its record (``verify="quick"`` at every
+trial start, ``"full"`` for ``python -m data.prepare --verify``; `data.checksums`), the
+structure and patient-wise split of the stays table, and every derived manifest field
+(``l_avg_train``, counts, ...) against its value recomputed from the arrays. Any mismatch or
+unreadable (e.g. truncated) file is a `CohortError` naming the file.
+
 Batch dict of `collate` (CONTRACTS.md), B items::
 
     index LongTensor B; patient LongTensor B
@@ -25,8 +32,10 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from data.checksums import REPAIR_HINT, verify_files
 from data.errors import CohortError
-from data.materialise import (LABELS, SERIES_OFFSETS, SERIES_VALUES, STAYS, TEXT_FOLDER, load_manifest)
+from data.materialise import (LABELS, MANIFEST, SERIES_OFFSETS, SERIES_VALUES, STAYS, TEXT_FOLDER,
+                              check_cohort_arrays, check_derived, derived_fields, load_manifest)
 
 TOKEN_FEATURES = "token_features.npy"
 TOKEN_OFFSETS = "token_offsets.npy"
@@ -37,6 +46,14 @@ def _require(path: Path) -> Path:
     if not path.is_file():
         raise CohortError(f"{path}: not found; the cohort directory is incomplete (re-run `python -m data.prepare`)")
     return path
+
+
+def _read(path: Path, reader, **options):
+    """``reader(path, **options)`` with an unreadable file (truncated, not that format) as CohortError."""
+    try:
+        return reader(_require(path), **options)
+    except (OSError, ValueError, EOFError) as error:   # pyarrow's ArrowInvalid is a ValueError
+        raise CohortError(f"{path}: cannot be read ({type(error).__name__}: {error}); {REPAIR_HINT}") from None
 
 
 def _check_offsets(offsets: np.ndarray, count: int, rows: int, path: Path) -> None:
@@ -51,12 +68,12 @@ class TextFeatures:
     def __init__(self, directory: Path, key: str, count: int):
         self.directory = Path(directory)
         self.key = key
-        self.offsets = np.load(_require(self.directory / TOKEN_OFFSETS))
-        features = np.load(_require(self.directory / TOKEN_FEATURES), mmap_mode="r")
+        self.offsets = _read(self.directory / TOKEN_OFFSETS, np.load)
+        features = _read(self.directory / TOKEN_FEATURES, np.load, mmap_mode="r")
         self.dim = int(features.shape[1])
         _check_offsets(self.offsets, count, features.shape[0], self.directory / TOKEN_OFFSETS)
         meta_path = self.directory / "meta.json"
-        self.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        self.meta = _read(meta_path, lambda path: json.loads(path.read_text())) if meta_path.is_file() else {}
         self._features: np.ndarray | None = features
 
     @property
@@ -83,23 +100,25 @@ class TextFeatures:
 class CohortData:
     """A materialised cohort directory, opened for reading (N stays, L labels, 76 channels)."""
 
-    def __init__(self, directory: str | os.PathLike, text_key: str | None = None):
+    def __init__(self, directory: str | os.PathLike, text_key: str | None = None, *, verify: str = "quick"):
+        """Open and check ``directory`` (``verify``: "quick" or "full" file checks, module docstring)."""
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
-        self.stays = pd.read_parquet(_require(self.directory / STAYS))
+        verify_files(self.directory, self.manifest["files"], depth=verify)
+        self.stays = _read(self.directory / STAYS, pd.read_parquet)
         self.num_stays = len(self.stays)
-        if self.num_stays != self.manifest["num_stays"]:
-            raise CohortError(f"{self.directory / STAYS}: {self.num_stays} rows, manifest says "
-                              f"{self.manifest['num_stays']}")
         self.label_names: tuple[str, ...] = tuple(self.manifest["label_names"])
-        self.labels = np.load(_require(self.directory / LABELS))
+        self.labels = _read(self.directory / LABELS, np.load)
         if self.labels.shape != (self.num_stays, len(self.label_names)):
             raise CohortError(f"{self.directory / LABELS}: shape {self.labels.shape}, expected "
                               f"({self.num_stays}, {len(self.label_names)})")
-        self.series_offsets = np.load(_require(self.directory / SERIES_OFFSETS))
-        values = np.load(_require(self.directory / SERIES_VALUES), mmap_mode="r")
+        self.series_offsets = _read(self.directory / SERIES_OFFSETS, np.load)
+        values = _read(self.directory / SERIES_VALUES, np.load, mmap_mode="r")
         self.series_channels = int(values.shape[1])
         _check_offsets(self.series_offsets, self.num_stays, values.shape[0], self.directory / SERIES_OFFSETS)
+        check_cohort_arrays(self.directory, self.stays, self.labels, self.series_offsets)
+        check_derived(self.manifest, derived_fields(self.stays, self.labels, self.label_names, self.series_offsets),
+                      self.directory / MANIFEST)
         self._series_values: np.ndarray | None = values
         self.patient_id = self.stays["patient_id"].to_numpy(np.int64)
         split = self.stays["split"].to_numpy(dtype=object)

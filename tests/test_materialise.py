@@ -149,5 +149,5 @@ def test_load_manifest_errors(tmp_path):
     with pytest.raises(CohortError, match="manifest.json: not found"):
         load_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text('{"format_version": 99}')
-    with pytest.raises(CohortError, match="'format_version': expected 1, found 99"):
+    with pytest.raises(CohortError, match="'format_version': expected 2, found 99"):
         load_manifest(tmp_path)
