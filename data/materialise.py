@@ -25,7 +25,8 @@ not cover the text features (they are keyed by encoder and max_tokens under ``te
 source paths or timings.
 
 Manifest ``timings`` are the seconds of THIS run per stage: ``generate`` (synthetic only),
-``read``, ``discretise`` (incl. z-scoring), ``write`` (hash + arrays) and ``text``;
+``read``, ``discretise`` (incl. z-scoring), ``write`` (hash, full check on reuse, arrays),
+``text`` and ``checksums`` (file records of what was written);
 ``timings_when_written`` keeps those of the run that wrote the arrays (equal unless reused).
 
 Reuse: when ``out_dir/manifest.json`` already carries the same hash and every array file

@@ -5,13 +5,20 @@
     python -m data.prepare --source mimic3:PATH --out DIR --noteevents NOTEEVENTS.csv.gz --icustays ICUSTAYS.csv.gz
     python -m data.prepare --source mimic4:TASKDIR[,TSDIR] --out DIR          # FlexCare/MIRACL split kept
     python -m data.prepare --source mimic4:LISTFILE[,TSDIR] --out DIR [--split-seed S]
+    python -m data.prepare --verify DIR                            # full check of a cohort directory
 
 ``synthetic`` first writes the generated cohort in the mimic3-benchmarks phenotyping layout
 into ``DIR/source/`` (`data.synthetic.generate_synthetic_cohort`) and then reads it with
 `data.readers.read_mimic3_phenotyping`, the very reader a MIMIC-III user runs. Sources without
 a split (one MIMIC-IV listfile) get a patient-wise 8:2 split (`data.split.assign_split`, ``--split-seed``).
 Then `data.materialise.materialise` discretises, z-scores, hashes, writes and encodes the notes
-(reusing an identical cohort and existing text features).
+(reusing an identical cohort and existing text features after a full check of their files).
+The whole preparation holds ``DIR``'s writer lock (`data.locking`): a second ``prepare`` into the
+same directory is refused while the first runs.
+
+``--verify DIR`` checks an existing cohort directory without writing: the manifest's digest, the
+whole sha256 of every recorded file, the derived manifest fields and the patient-wise split
+(`data.dataset.CohortData` with ``verify="full"``), and every text feature set it lists.
 
 The CLI logs progress, one ``stage NAME: S s`` line per stage, whether the text features were
 reused, and prints the output directory last. Bad input exits with code 2 and the
@@ -31,6 +38,7 @@ import pandas as pd
 
 from data.cohort import Cohort
 from data.errors import CohortError
+from data.locking import exclusive_writer
 from data.materialise import load_manifest, materialise
 from data.noteevents import DEFAULT_NOTE_RULE, NoteRule
 from data.numbers import parse_numbers
@@ -41,7 +49,7 @@ from data.split import assign_split
 logger = logging.getLogger("data.prepare")
 
 SOURCE_FORMS = "synthetic | mimic3:PATH | mimic4:TASKDIR|LISTFILE[,TSDIR]"
-STAGES = ("generate", "read", "discretise", "write", "text")
+STAGES = ("generate", "read", "discretise", "write", "text", "checksums")
 
 
 def parse_source(source: str) -> tuple[str, list[str]]:
@@ -135,15 +143,26 @@ def prepare_cohort(source: str, out: str | os.PathLike, *, notes: str | os.PathL
                    drop_bad_stays: bool = False, progress: bool = True) -> Path:
     """Read ``source``, assign a split, materialise into ``out``; returns the cohort directory."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cohort = read_source(source, out, notes=notes, noteevents=noteevents, icustays=icustays, note_rule=note_rule,
-                         duplicate_stays=duplicate_stays, patients=patients, hours=hours, seed=seed,
-                         test_fraction=test_fraction, split_seed=split_seed,
-                         unknown_categories=unknown_categories, drop_bad_stays=drop_bad_stays, progress=progress)
-    logger.info("read %d stays of %d patients (%d dropped)", cohort.num_stays,
-                cohort.stays["patient_id"].nunique(), len(cohort.dropped))
-    return materialise(cohort, out, max_bins=max_bins, encoder=encoder, max_tokens=max_tokens,
-                       text_batch_size=text_batch_size, progress=progress)
+    with exclusive_writer(out):   # also covers the synthetic source files written into out/source
+        cohort = read_source(source, out, notes=notes, noteevents=noteevents, icustays=icustays,
+                             note_rule=note_rule, duplicate_stays=duplicate_stays, patients=patients, hours=hours,
+                             seed=seed, test_fraction=test_fraction, split_seed=split_seed,
+                             unknown_categories=unknown_categories, drop_bad_stays=drop_bad_stays,
+                             progress=progress)
+        logger.info("read %d stays of %d patients (%d dropped)", cohort.num_stays,
+                    cohort.stays["patient_id"].nunique(), len(cohort.dropped))
+        return materialise(cohort, out, max_bins=max_bins, encoder=encoder, max_tokens=max_tokens,
+                           text_batch_size=text_batch_size, progress=progress)
+
+
+def verify_cohort(directory: str | os.PathLike):
+    """Full check of a cohort directory (module docstring); returns its `CohortData`, CohortError if bad."""
+    from data.dataset import CohortData
+
+    data = CohortData(directory, verify="full")
+    for key in data.text_keys:
+        data.text(key)
+    return data
 
 
 def _input_errors() -> tuple[type[Exception], ...]:
@@ -160,7 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="synthetic", help=f"{SOURCE_FORMS} (default synthetic)")
-    parser.add_argument("--out", required=True, type=Path, help="cohort directory to write (or reuse)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="cohort directory to write (or reuse)")
+    target.add_argument("--verify", type=Path, metavar="DIR", help="check the cohort directory DIR fully "
+                        "(every file's sha256, derived fields, split) and write nothing")
     parser.add_argument("--notes", default=None, help="notes table (CSV or parquet, columns stay,text)")
     parser.add_argument("--noteevents", default=None, help="mimic3: the MIMIC-III NOTEEVENTS table (csv or csv.gz); "
                         "each stay's notes are selected by data.noteevents' rule")
@@ -197,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if arguments.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     started = time.perf_counter()
+    if arguments.verify is not None:
+        try:
+            data = verify_cohort(arguments.verify)
+        except _input_errors() as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        print(f"{arguments.verify}: ok ({len(data.manifest['files'])} files, {data.num_stays} stays, hash "
+              f"{data.cohort_hash[:12]}, checked in {time.perf_counter() - started:.1f} s)")
+        return 0
     try:
         out = prepare_cohort(arguments.source, arguments.out, notes=arguments.notes,
                              noteevents=arguments.noteevents, icustays=arguments.icustays,

@@ -222,7 +222,7 @@ _config_case("config-rho-neg-negative", ("--noise-model", "asymmetric", "--rho-n
              ["config field 'rho_neg' = -0.1", "expected a rate in [0, 1)"])
 _config_case("config-alpha-negative", ("--alpha", "-0.5"), ["config field 'alpha' = -0.5", "expected a weight in [0, 1]"])
 _config_case("config-lambda-negative", ("--lambda-cons", "-0.1"),
-             ["config field 'lambda_cons' = -0.1", "expected a non-negative number"])
+             ["config field 'lambda_cons' = -0.1", "expected a finite number >= 0"])
 _config_case("config-warmup-not-below-epochs", ("--epochs", "3", "--warmup-epochs", "3"),
              ["config field 'warmup_epochs' = 3", "warmup_epochs < epochs (3)"])
 

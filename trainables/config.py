@@ -1,6 +1,10 @@
 """One dataclass holding a trial's whole configuration (METHOD §6–§7, §2, §11).
 
 Every field has the paper's default (Appendix A.5) unless the comment says *(resolved)*.
+Every bool/int/float field is checked at construction (`TrialConfig.__post_init__`): its type,
+finiteness (no NaN, no ±inf) and its documented range in `FIELD_RANGES`; cross-field rules and
+choices are checked by `TrialConfig.validate()`. A new numeric field needs one `FIELD_RANGES`
+entry (a test checks the table covers every numeric field).
 `TrialConfig.to_flat_dict()` is what lands, prefixed with ``config/``, in every row of
 ``results.parquet``; `TrialConfig.from_dict()` accepts that dict back (unknown keys are an
 error naming the key, wrong types are coerced or rejected with the field name).
@@ -10,8 +14,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 NOISE_MODELS = ("none", "symmetric", "asymmetric", "balanced", "single_positive",
                 "class_conditional", "combined")
@@ -23,6 +32,78 @@ SELECTION_SIGNALS = ("rank_difficulty", "loss")
 
 class ConfigError(ValueError):
     """A trial configuration that cannot run; the message names the field."""
+
+
+# Range of every numeric field: "[NOUN ]INTERVAL", interval ends closed "[ ]" or open "( )", "inf"
+# for unbounded; NOUN (default "number"/"integer") words the error message.
+SEED_RANGE = "[0, 4294967295]"          # numpy / scikit-learn seeds
+FIELD_RANGES: dict[str, str] = {
+    "seed": SEED_RANGE, "noise_seed": SEED_RANGE, "gmm_seed": SEED_RANGE,
+    "rho_pos": "rate [0, 1)", "rho_neg": "rate [0, 1)",
+    "epochs": "[1, inf)", "batch_size": "[1, inf)", "learning_rate": "(0, inf)", "weight_decay": "[0, inf)",
+    "corrected_weight_decay": "[0, inf)", "cosine_t_max": "[1, inf)", "cosine_eta_min": "[0, inf)",
+    "warmup_epochs": "[0, inf)", "lambda_cons": "[0, inf)", "alpha": "weight [0, 1]", "tau": "[0, inf)",
+    "temperature": "(0, inf)", "gmm_min_group": "[2, inf)", "gmm_iterations": "[1, inf)",
+    "beta_end": "weight [0, 1]",
+    "hidden_size": "[1, inf)", "lstm_layers": "[1, inf)", "fusion_layers": "[1, inf)", "fusion_heads": "[1, inf)",
+    "num_experts": "[1, inf)", "top_k_experts": "[1, inf)", "dropout": "probability [0, 1)",
+    "moe_loss_weight": "[0, inf)", "orthogonality_loss_weight": "[0, inf)",
+    "focal_gamma": "[0, inf)", "focal_alpha": "weight [0, 1]", "asl_gamma_neg": "[0, inf)",
+    "asl_gamma_pos": "[0, inf)", "asl_clip": "probability [0, 1)", "gce_q": "(0, 1]",
+    "mllsc_tau_pos": "probability [0, 1]", "mllsc_tau_neg": "probability [0, 1]", "mllsc_margin": "[0, inf)",
+    "mllsc_gamma": "[0, inf)", "cbmlc_lambda": "[0, inf)",
+    "max_series_bins": "[1, inf)", "max_note_tokens": "[1, inf)", "artifact_groups": "[0, inf)",
+}
+
+
+class FieldRange(NamedTuple):
+    """A parsed `FIELD_RANGES` entry."""
+
+    noun: str | None
+    low: float
+    high: float
+    closed_low: bool
+    closed_high: bool
+    interval: str
+
+    @classmethod
+    def parse(cls, spec: str) -> "FieldRange":
+        match = re.fullmatch(r"(?:(\w+) )?([\[(])\s*([^,]+),\s*([^\])]+)([\])])", spec)
+        if match is None:
+            raise ValueError(f"range {spec!r}: expected '[NOUN ](low, high)' with [ ] or ( ) ends")
+        noun, left, low, high, right = match.groups()
+        return cls(noun, float(low), float(high), left == "[", right == "]", spec[len(noun or "") :].strip())
+
+    def contains(self, value: float) -> bool:
+        above = value >= self.low if self.closed_low else value > self.low
+        below = value <= self.high if self.closed_high else value < self.high
+        return math.isfinite(value) and above and below
+
+    def describe(self, integer: bool) -> str:
+        kind = "an integer" if integer else "a finite number"
+        if self.noun is not None or self.high != math.inf:
+            return f"{f'a {self.noun}' if self.noun else kind} in {self.interval}"
+        return f"{kind} {'>=' if self.closed_low else '>'} {self.low:g}"
+
+
+_RANGES = {name: FieldRange.parse(spec) for name, spec in FIELD_RANGES.items()}
+
+
+def _checked_field(name: str, value: Any, kind: str) -> Any:
+    """``value`` of a bool/int/float field, type-normalised; ConfigError naming the field if it cannot run."""
+    if kind == "bool":
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        raise ConfigError(f"config field '{name}' = {value!r}: expected true or false")
+    integer = kind == "int"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral if integer else numbers.Real):
+        raise ConfigError(f"config field '{name}' = {value!r}: expected {'an integer' if integer else 'a number'}")
+    value = int(value) if integer else float(value)
+    bound = _RANGES.get(name)
+    if not math.isfinite(value) or (bound is not None and not bound.contains(value)):
+        expected = bound.describe(integer) if bound is not None else "a finite number"
+        raise ConfigError(f"config field '{name}' = {value!r}: expected {expected}")
+    return value
 
 
 @dataclass
@@ -93,6 +174,14 @@ class TrialConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form tags, flattened as extra.<k>
 
     # ------------------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        """Type, finiteness and `FIELD_RANGES` range of every bool/int/float field (None where optional)."""
+        for item in dataclasses.fields(self):
+            kind = str(item.type).replace(" | None", "")
+            value = getattr(self, item.name)
+            if kind in ("bool", "int", "float") and not (value is None and str(item.type).endswith("| None")):
+                setattr(self, item.name, _checked_field(item.name, value, kind))
+
     @property
     def effective_noise_seed(self) -> int:
         return self.seed if self.noise_seed is None else self.noise_seed
@@ -113,28 +202,9 @@ class TrialConfig:
             fail("backbone", f"one of {sorted(available_backbones)}")
         if self.noise_model not in NOISE_MODELS:
             fail("noise_model", f"one of {NOISE_MODELS}")
-        for name in ("rho_pos", "rho_neg"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                fail(name, "a rate in [0, 1)")
-        for name in ("lambda_cons", "tau", "weight_decay", "corrected_weight_decay",
-                     "learning_rate", "cbmlc_lambda", "dropout"):
-            if getattr(self, name) < 0:
-                fail(name, "a non-negative number")
-        if not 0.0 <= self.alpha <= 1.0:
-            fail("alpha", "a weight in [0, 1]")
-        if self.epochs < 1:
-            fail("epochs", "at least 1")
-        if self.warmup_epochs < 0 or (self.use_correction and self.method == "miracl"
-                                      and self.warmup_epochs >= self.epochs):
+        if self.warmup_epochs >= self.epochs and self.use_correction and self.method == "miracl":
             fail("warmup_epochs", f"0 <= warmup_epochs < epochs ({self.epochs}) when correction is on")
-        if self.batch_size < 1:
-            fail("batch_size", "at least 1")
-        if self.temperature <= 0:
-            fail("temperature", "a positive number")
-        if not 0.0 <= self.beta_end <= 1.0:
-            fail("beta_end", "a weight in [0, 1]")
-        if self.top_k_experts < 1 or self.top_k_experts > self.num_experts:
+        if self.top_k_experts > self.num_experts:
             fail("top_k_experts", f"1 <= k <= num_experts ({self.num_experts})")
         if self.hidden_size % self.fusion_heads:
             fail("hidden_size", f"a multiple of fusion_heads ({self.fusion_heads})")
@@ -142,8 +212,6 @@ class TrialConfig:
                               ("sampler", SAMPLERS), ("selection_signal", SELECTION_SIGNALS)):
             if getattr(self, name) not in allowed:
                 fail(name, f"one of {allowed}")
-        if self.gmm_min_group < 2:
-            fail("gmm_min_group", "at least 2")
         return self
 
     # ------------------------------------------------------------------------------------
@@ -204,7 +272,9 @@ def _coerce(name: str, value: Any, type_name: str) -> Any:
                 if lowered in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
-            return bool(value)
+            if isinstance(value, numbers.Number) and value in (0, 1):   # bool, numpy bool, 0/1
+                return bool(value)
+            raise ValueError(value)
         if type_name.startswith("int"):
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
