@@ -253,9 +253,63 @@ def _(context):
     meta = json.loads(meta_path.read_text())
     meta["encoder"] = "sentence-transformers/some-other-encoder"
     meta_path.write_text(json.dumps(meta))
+    reseal(copy, f"text/{key}/meta.json")   # else the file check names the changed meta.json first
     return train(context, "--text-feature-key", key, data=copy), [
         str(meta_path), "field 'encoder'", "'sentence-transformers/some-other-encoder'", repr(recorded),
         str(copy / "manifest.json")]
+
+
+_config_case("config-lambda-nan", ("--lambda-cons", "nan"),
+             ["config field 'lambda_cons' = nan", "expected a finite number >= 0"])
+_config_case("config-temperature-nan", ("--temperature", "nan"),
+             ["config field 'temperature' = nan", "expected a finite number > 0"])
+
+
+# ---- cohort: a materialised directory damaged on disk (tests/test_integrity.py has every file)
+def damaged_copy(context: Context) -> Path:
+    return Path(shutil.copytree(context.cohort, context.tmp / "damaged", ignore=shutil.ignore_patterns("source")))
+
+
+def reseal(directory: Path, name: str) -> None:
+    """Rewrite the manifest's record of ``name`` and its digest with the production functions."""
+    from data.checksums import file_record
+    from data.materialise import MANIFEST_DIGEST, manifest_digest
+
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"][name] = file_record(directory / name)
+    manifest[MANIFEST_DIGEST] = manifest_digest(manifest)
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+
+
+def truncate(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@case("cohort-flipped-labels")
+def _(context):
+    copy = damaged_copy(context)
+    np.save(copy / "labels.npy", (1 - np.load(copy / "labels.npy")).astype(np.uint8))
+    return train(context, data=copy), [str(copy / "labels.npy"), "content changed since it was written",
+                                       "re-run `python -m data.prepare`"]
+
+
+@case("cohort-truncated-series")
+def _(context):
+    path = truncate(damaged_copy(context) / "series_values.npy")
+    return train(context, data=path.parent), [str(path), "bytes, the manifest records", "(truncated?)"]
+
+
+@case("cohort-truncated-manifest")
+def _(context):
+    path = truncate(damaged_copy(context) / "manifest.json")
+    return train(context, data=path.parent), [str(path), "invalid JSON"]
+
+
+@case("cohort-verify-truncated-parquet")
+def _(context):
+    path = truncate(damaged_copy(context) / "stays.parquet")
+    return [sys.executable, "-m", "data.prepare", "--verify", str(path.parent)], [str(path), "(truncated?)"]
 
 
 # ---- grid: python grid/run.py ... --dry-run
@@ -307,7 +361,8 @@ def test_bad_input_fails_with_a_clear_message(name, good_cohort, tmp_path):
 def test_the_table_covers_every_requested_bad_input():
     """Guard against a case silently dropped from the table (ids are the issue's list)."""
     assert len([n for n in CASES if n.startswith("data-")]) == 12
-    assert len([n for n in CASES if n.startswith("config-")]) == 10
+    assert len([n for n in CASES if n.startswith("config-")]) == 12
+    assert len([n for n in CASES if n.startswith("cohort-")]) == 4
     assert len([n for n in CASES if n.startswith("grid-")]) == 4
 
 

@@ -18,7 +18,6 @@ import hashlib
 import inspect
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -248,14 +247,19 @@ def test_a_run_depends_on_clean_train_labels_only_through_the_observed_labels(co
     Every batch carries the clean labels (``batch['labels']``); if a backbone or method read them,
     losses, corrected-set sizes or test scores would differ.
     """
+    from data.materialise import materialise
+    from data.readers import read_mimic3_phenotyping
+
     train_rows, _ = split_rows(cohort)
-    other = tmp_path / "other_clean_labels"
-    shutil.copytree(cohort, other, ignore=shutil.ignore_patterns("source"))
     labels = np.load(cohort / "labels.npy")
-    changed = labels.copy()
+    # the same source, other clean train labels, materialised as prepare does (a cohort edited in
+    # place is refused at load: its files no longer match their records)
+    source = read_mimic3_phenotyping(cohort / "source", progress=False)
+    np.testing.assert_array_equal(source.labels, labels)
     rng = np.random.default_rng(5)
-    changed[train_rows] ^= (rng.random((len(train_rows), labels.shape[1])) < 0.25).astype(np.uint8)
-    np.save(other / "labels.npy", changed)
+    source.labels[train_rows] ^= (rng.random((len(train_rows), labels.shape[1])) < 0.25).astype(np.uint8)
+    other = materialise(source, tmp_path / "other_clean_labels", max_bins=12, max_tokens=16, progress=False)
+    assert (np.load(other / "labels.npy")[train_rows] != labels[train_rows]).any()
 
     observed = apply_noise(labels[train_rows], "symmetric", 0.3, 0.3, seed=1).noisy
 
