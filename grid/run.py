@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         from data.dataset import CohortData
 
         for key in sorted({t.config["text_feature_key"] for t in trials}):
-            CohortData(cohort_dir, text_key=key or None).text()   # unknown key / other encoder: error now
+            # full file check once per sweep (trials run the quick one); unknown key / other encoder: error now
+            CohortData(cohort_dir, text_key=key or None, verify="full").text()
     except (ConfigError, CohortError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
