@@ -266,8 +266,8 @@ def check_cohort_arrays(directory: Path, stays: pd.DataFrame, labels: np.ndarray
         problems.append(f"column 'stay' repeats {stays.loc[stays['stay'].duplicated(), 'stay'].iat[0]!r}")
     unknown = ~stays["split"].isin(SPLITS).to_numpy()
     if unknown.any():
-        problems.append(f"row {int(np.flatnonzero(unknown)[0])}: split {stays['split'].iat[int(np.flatnonzero(unknown)[0])]!r}, "
-                        f"expected one of {SPLITS}")
+        row = int(np.flatnonzero(unknown)[0])
+        problems.append(f"row {row}: split {stays['split'].iat[row]!r}, expected one of {SPLITS}")
     if series_offsets.shape == (count + 1,):
         bins = np.diff(series_offsets)
         if not np.array_equal(stays["series_bins"].to_numpy(np.int64), bins) \
