@@ -131,9 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     experiment_dir = f"{storage.rstrip('/')}/{experiment}"
     try:
         from data.errors import CohortError
+        from data.materialise import load_manifest
 
         cohort_dir = prepare_data(args, runtime)
-        manifest = json.loads((cohort_dir / "manifest.json").read_text())
+        manifest = load_manifest(cohort_dir)   # digest checked: a damaged manifest is a clean error
         trials = expand_sweep(args.sweep, l_avg=manifest["l_avg_train"], num_labels=manifest["num_labels"],
                               seeds=args.seeds, noise=args.noise, methods=args.methods,
                               overrides=parse_set_arguments(args.set), preset=preset_trial_defaults(preset),

@@ -306,6 +306,12 @@ def _(context):
     return train(context, data=path.parent), [str(path), "invalid JSON"]
 
 
+@case("cohort-grid-truncated-manifest")
+def _(context):
+    path = truncate(damaged_copy(context) / "manifest.json")
+    return grid(context, "--sweep", "lambda_cons", "--data", str(path.parent)), [str(path), "invalid JSON"]
+
+
 @case("cohort-verify-truncated-parquet")
 def _(context):
     path = truncate(damaged_copy(context) / "stays.parquet")
@@ -362,7 +368,7 @@ def test_the_table_covers_every_requested_bad_input():
     """Guard against a case silently dropped from the table (ids are the issue's list)."""
     assert len([n for n in CASES if n.startswith("data-")]) == 12
     assert len([n for n in CASES if n.startswith("config-")]) == 12
-    assert len([n for n in CASES if n.startswith("cohort-")]) == 4
+    assert len([n for n in CASES if n.startswith("cohort-")]) == 5
     assert len([n for n in CASES if n.startswith("grid-")]) == 4
 
 
