@@ -72,6 +72,8 @@ def file_record(path: str | os.PathLike) -> dict:
 
 def file_problem(path: Path, record: dict, *, depth: str) -> str | None:
     """What differs between ``path`` and its ``record`` at ``depth`` ("quick" | "full"); None if nothing."""
+    if not isinstance(record, dict) or not isinstance(record.get("size"), int) or "sha256" not in record:
+        return f"malformed record {record!r} in the manifest; expected {{'size': bytes, 'sha256': hex}}"
     if not path.is_file():
         return "not found"
     size = path.stat().st_size
@@ -92,6 +94,10 @@ def verify_files(directory: str | os.PathLike, records: dict[str, dict], *, dept
     if depth not in VERIFY_DEPTHS:
         raise ValueError(f"depth must be one of {VERIFY_DEPTHS}, got {depth!r}")
     directory = Path(directory)
+    outside = [name for name in records if Path(name).is_absolute() or ".." in Path(name).parts]
+    if outside:
+        raise CohortError(f"{directory / 'manifest.json'}: field 'files' names {outside[0]!r}, outside the "
+                          f"cohort directory; expected paths relative to it; {REPAIR_HINT}")
     problems = [(name, problem) for name in sorted(records)
                 if (problem := file_problem(directory / name, records[name], depth=depth)) is not None]
     if problems:

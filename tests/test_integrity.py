@@ -205,6 +205,15 @@ def test_quick_check_samples_large_files_and_full_check_reads_them_whole(tmp_pat
         CohortData(out, verify="quick")
 
 
+@pytest.mark.parametrize("name", ["../outside.npy", "/etc/hostname"])
+def test_a_record_outside_the_cohort_directory_is_refused(cohort, name):
+    manifest = manifest_of(cohort)
+    manifest["files"][name] = {"size": 1, "sha256": "0" * 64}
+    reseal(cohort, manifest)
+    with pytest.raises(CohortError, match=f"field 'files' names {name!r}, outside the cohort directory"):
+        CohortData(cohort)
+
+
 # --------------------------------------------------------------------------- truncated files
 def cohort_files(directory: Path) -> list[str]:
     key = manifest_of(directory)["text"]["default_key"]
