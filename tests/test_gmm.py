@@ -1,7 +1,6 @@
 """Tests of trainables.gmm (Eq. 3, METHOD §4) against sklearn.mixture.GaussianMixture per group."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -135,8 +134,10 @@ def test_max_iterations_caps_em_and_bad_input_is_rejected():
         fit_group_mixtures(values * float("nan"), ids, 1, seed=0)
 
 
-def test_fifty_groups_of_thirty_thousand_points_is_fast():
-    """METHOD §4: 2L GMMs must not dominate an epoch (50 × 60000·25/50 points)."""
+def test_fifty_groups_of_thirty_thousand_points_recover_their_components():
+    """METHOD §4 at MIMIC scale (50 groups × 60000·25/50 points): every group converges to the
+    generating components. Its speed is measured by bench/bench_selection.py, not asserted here
+    (absolute times are not assertable on a shared machine)."""
     groups, per_group = 50, 60000 * 25 // 50
     generator = torch.Generator().manual_seed(0)
     ids = torch.arange(groups).repeat_interleave(per_group)
@@ -144,14 +145,8 @@ def test_fifty_groups_of_thirty_thousand_points_is_fast():
     high = torch.rand(ids.numel(), generator=generator) < 0.3
     noise = 0.08 * torch.randn(ids.numel(), generator=generator, dtype=torch.float64)
     values = (torch.where(high, 0.7, 0.25) + noise).clamp(0, 1)
-    fit_group_mixtures(values[:1000], ids[:1000], groups, seed=0)  # warm up kernels
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: stable timing on a shared 2-core machine
-    try:
-        start = time.perf_counter()
-        result = fit_group_mixtures(values, ids, groups, seed=0)
-        elapsed = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
+    result = fit_group_mixtures(values, ids, groups, seed=0)
     assert result.converged.all()
-    assert elapsed < 2.0, f"batched GMM took {elapsed:.2f} s"  # ~0.5 s on one busy CPU core
+    low_mean, high_mean = result.means.min(dim=1).values, result.means.max(dim=1).values
+    assert torch.allclose(low_mean, torch.full_like(low_mean, 0.25), atol=0.01)
+    assert torch.allclose(high_mean, torch.full_like(high_mean, 0.7), atol=0.01)
