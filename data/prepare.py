@@ -5,6 +5,7 @@
     python -m data.prepare --source mimic3:PATH --out DIR --noteevents NOTEEVENTS.csv.gz --icustays ICUSTAYS.csv.gz
     python -m data.prepare --source mimic4:TASKDIR[,TSDIR] --out DIR          # FlexCare/MIRACL split kept
     python -m data.prepare --source mimic4:LISTFILE[,TSDIR] --out DIR [--split-seed S]
+    python -m data.prepare --source mimic3-raw:MIMIC_III_DIR --out DIR [--notes notes.parquet]
 
 ``synthetic`` first writes the generated cohort in the mimic3-benchmarks phenotyping layout
 into ``DIR/source/`` (`data.synthetic.generate_synthetic_cohort`) and then reads it with
@@ -40,17 +41,17 @@ from data.split import assign_split
 
 logger = logging.getLogger("data.prepare")
 
-SOURCE_FORMS = "synthetic | mimic3:PATH | mimic4:TASKDIR|LISTFILE[,TSDIR]"
+SOURCE_FORMS = "synthetic | mimic3:PATH | mimic4:TASKDIR|LISTFILE[,TSDIR] | mimic3-raw:MIMIC_III_DIR"
 STAGES = ("generate", "read", "discretise", "write", "text")
 
 
 def parse_source(source: str) -> tuple[str, list[str]]:
-    """'synthetic' | 'mimic3:PATH' | 'mimic4:TASKDIR|LISTFILE[,TSDIR]' -> (kind, arguments)."""
+    """'synthetic' | 'mimic3:PATH' | 'mimic4:TASKDIR|LISTFILE[,TSDIR]' | 'mimic3-raw:DIR' -> (kind, arguments)."""
     kind, _, rest = source.partition(":")
     kind = kind.strip().lower()
     if kind == "synthetic" and not rest:
         return kind, []
-    if kind == "mimic3" and rest:
+    if kind in ("mimic3", "mimic3-raw") and rest:
         return kind, [rest]
     if kind == "mimic4" and rest:
         parts = rest.split(",")
@@ -114,9 +115,12 @@ def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = Non
     elif kind == "mimic3":
         cohort = read_mimic3_phenotyping(arguments[0], notes, noteevents=noteevents, icustays=icustays,
                                          note_rule=note_rule, **options)
+    elif kind == "mimic3-raw":  # raw MIMIC-III CSV tables, the benchmark's rules and split (data.mimic3_raw)
+        from data.mimic3_raw import read_mimic3_raw
+        cohort = read_mimic3_raw(arguments[0], notes, **options)
     else:
         if notes is not None:
-            raise CohortError("--notes applies to synthetic and mimic3 sources; a MIMIC-IV listfile carries "
+            raise CohortError("--notes applies to synthetic, mimic3 and mimic3-raw sources; a MIMIC-IV listfile carries "
                               "its notes in a past_medical_history/note/text column")
         cohort = read_mimic4_multimodal(arguments[0], arguments[1] if len(arguments) > 1 else None,
                                         duplicate_stays=duplicate_stays, **options)
