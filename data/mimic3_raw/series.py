@@ -119,7 +119,7 @@ def build_events(connection: duckdb.DuckDBPyConnection, tables: RawTables) -> di
                     WHEN r.ICUSTAY_ID <> s.ICUSTAY_ID THEN 'icustay_missing_in_stays'
                     ELSE 'kept' END AS STATUS
         FROM raw r LEFT JOIN cohort_stays s ON s.SUBJECT_ID = r.SUBJECT_ID AND s.HADM_ID = r.HADM_ID""",
-              tables=EVENT_TABLES)
+              tables=tables.select(*EVENT_TABLES))
     counts = dict(connection.execute("SELECT STATUS, count(*) FROM events GROUP BY STATUS").fetchall())
     per_table = dict(connection.execute("SELECT SOURCE, count(*) FROM events GROUP BY SOURCE").fetchall())
     return {

@@ -48,11 +48,11 @@ def build_cohort_stays(connection: duckdb.DuckDBPyConnection, tables: RawTables)
     scan = tables.scan
     run_query(connection, f"CREATE TEMP TABLE icustays AS SELECT ROW_ID, SUBJECT_ID, HADM_ID, ICUSTAY_ID, "
               f"FIRST_CAREUNIT, LAST_CAREUNIT, FIRST_WARDID, LAST_WARDID, INTIME, OUTTIME, LOS "
-              f"FROM {scan('ICUSTAYS')}", tables=("ICUSTAYS",))
+              f"FROM {scan('ICUSTAYS')}", tables=tables.select("ICUSTAYS"))
     run_query(connection, f"CREATE TEMP TABLE admissions AS SELECT SUBJECT_ID, HADM_ID FROM {scan('ADMISSIONS')}",
-              tables=("ADMISSIONS",))
+              tables=tables.select("ADMISSIONS"))
     run_query(connection, f"CREATE TEMP TABLE patients AS SELECT SUBJECT_ID, DOB FROM {scan('PATIENTS')}",
-              tables=("PATIENTS",))
+              tables=tables.select("PATIENTS"))
     connection.execute("""
         CREATE TEMP TABLE no_transfer AS SELECT * FROM icustays
         WHERE FIRST_WARDID = LAST_WARDID AND FIRST_CAREUNIT = LAST_CAREUNIT""")
@@ -100,10 +100,10 @@ def build_labels(connection: duckdb.DuckDBPyConnection, tables: RawTables) -> di
     scan = tables.scan
     run_query(connection, f"""
         CREATE TEMP TABLE diagnoses_all AS SELECT SUBJECT_ID, HADM_ID, ICD9_CODE FROM {scan('DIAGNOSES_ICD')}""",
-              tables=("DIAGNOSES_ICD",))
+              tables=tables.select("DIAGNOSES_ICD"))
     run_query(connection, f"""
         CREATE TEMP TABLE diagnoses AS SELECT * FROM diagnoses_all
-        WHERE ICD9_CODE IN (SELECT ICD9_CODE FROM {scan('D_ICD_DIAGNOSES')})""", tables=("D_ICD_DIAGNOSES",))
+        WHERE ICD9_CODE IN (SELECT ICD9_CODE FROM {scan('D_ICD_DIAGNOSES')})""", tables=tables.select("D_ICD_DIAGNOSES"))
     connection.execute(f"""
         CREATE TEMP TABLE ccs AS SELECT * FROM read_csv({sql_string(resource_path('hcup_ccs_2015_codes.csv'))},
             header = true, auto_detect = false,

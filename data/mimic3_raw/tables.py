@@ -5,8 +5,8 @@ decompresses while it streams). `RawTables.locate` reads each header line first 
 `data.errors.CohortError` naming the table, the file and the missing column(s); column names
 match case-insensitively. `RawTables.scan` is a ``read_csv(...)`` expression with every column
 named from that header: the columns in `REQUIRED_COLUMNS` get their SQL type (a cell that does
-not parse makes DuckDB stop with the column and line, which `run_query` prefixes with the
-table names), all others stay VARCHAR and are never parsed. CSV dialect: comma, double quote,
+not parse makes DuckDB stop, and `run_query` turns its message into one naming the table,
+file, line, column, expected type and found value), all others stay VARCHAR and are never parsed. CSV dialect: comma, double quote,
 doubled-quote escape, empty cell (quoted or not) = NULL — as the MIMIC-III release writes it.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,11 +110,33 @@ class RawTables:
     def paths(self) -> dict[str, str]:
         return {name: str(table.path) for name, table in self.tables.items()}
 
+    def select(self, *names: str) -> dict[str, str]:
+        """name -> path of the tables ``names`` (what `run_query` names in an error)."""
+        return {name: str(self.tables[name].path) for name in names}
 
-def run_query(connection: duckdb.DuckDBPyConnection, sql: str, *, tables: tuple[str, ...]):
-    """Execute ``sql``; a DuckDB error (e.g. a cell that is not a BIGINT) -> CohortError naming the tables."""
+
+CONVERSION = re.compile(r'Error when converting column "(?P<column>[^"]+)"\. Could not convert string '
+                        r'"(?P<value>.*?)" to \'(?P<type>[^\']+)\'')
+LINE = re.compile(r"CSV Error on Line: (?P<line>\d+)")
+FILE = re.compile(r"^\s*file = (?P<path>.+)$", re.MULTILINE)
+
+
+def describe_error(message: str, tables: dict[str, str]) -> str:
+    """DuckDB CSV error text -> 'raw table T (FILE): line N, column 'C': expected TYPE, found 'V''."""
+    path = FILE.search(message)
+    name = next((n for n, p in tables.items() if path and p == path.group("path").strip()), None)
+    conversion, line = CONVERSION.search(message), LINE.search(message)
+    where = f"raw table {name} ({path.group('path').strip()})" if name else f"raw table(s) {', '.join(tables)}"
+    if conversion:
+        place = f"line {line.group('line')}, " if line else ""
+        return (f"{where}: {place}column '{conversion.group('column')}': expected a {conversion.group('type')} "
+                f"value or an empty cell, found {conversion.group('value')!r}")
+    return f"{where}: {message.splitlines()[0] if message else 'unreadable CSV'}"
+
+
+def run_query(connection: duckdb.DuckDBPyConnection, sql: str, *, tables: dict[str, str]):
+    """Execute ``sql`` over the raw ``tables`` (name -> path); a DuckDB error -> CohortError naming table, line, column."""
     try:
         return connection.execute(sql)
     except duckdb.Error as error:
-        message = str(error).strip()
-        raise CohortError(f"raw table(s) {', '.join(tables)}: {message}") from None
+        raise CohortError(describe_error(str(error).strip(), tables)) from None
