@@ -167,6 +167,7 @@ def test_rule_counts(raw_cohort):
         "icu_stays": 11, "removed_icu_transfers": 1, "removed_without_admission_or_patient": 0,
         "removed_admissions_with_several_icu_stays": 2, "removed_age_under_18": 1, "age_negative_set_to_90": 1,
         "cohort_stays": 7, "cohort_subjects": 6}
+    assert rules["episode_order_ties"] == 0
     assert rules["diagnoses_without_d_icd_code"] == 1
     assert rules["cohort_stays_without_diagnoses"] == 1
     assert {k: rules[k] for k in ("stays_without_events", "stays_without_diagnoses", "stays_without_los",

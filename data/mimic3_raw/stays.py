@@ -91,6 +91,8 @@ def build_cohort_stays(connection: duckdb.DuckDBPyConnection, tables: RawTables)
                                                    "OR AGE_RAW IS NULL"),
         "age_negative_set_to_90": _count(connection, "SELECT count(*) FROM aged WHERE AGE_RAW < 0"),
         "cohort_stays": _count(connection, "SELECT count(*) FROM cohort_stays"),
+        "episode_order_ties": _count(connection, "SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM cohort_stays "
+                                                 "GROUP BY SUBJECT_ID, INTIME, OUTTIME HAVING count(*) > 1)"),
         "cohort_subjects": _count(connection, "SELECT count(DISTINCT SUBJECT_ID) FROM cohort_stays"),
     }
 
