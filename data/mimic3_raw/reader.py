@@ -19,7 +19,8 @@ temporary folder that is removed afterwards.
 Stages (logged with seconds, a progress bar over them and DuckDB's own progress bar for long
 scans): ``stays`` (cohort stays, labels, split), ``events`` (scan + validation), ``values``
 (cleaning, one value per time), ``series`` (rows per stay, phenotyping filter), ``fetch``
-(into pandas). Times go to ``source["stage_seconds"]`` and the total to ``timings["read"]``.
+(into pandas). Wall times go to ``source["stage_seconds"]`` (CPU seconds of all threads to
+``source["stage_cpu_seconds"]``) and the total to ``timings["read"]``.
 
 The Cohort's ``stays`` carry, besides the usual columns, ``hadm_id``, ``icustay_id``, ``intime``
 and ``outtime`` (the keys a NOTEEVENTS route selects a stay's notes by). Notes: ``notes_path``
@@ -137,12 +138,17 @@ def read_mimic3_raw(root: str | os.PathLike, notes_path: str | os.PathLike | Non
     tables = RawTables(root)
     notes_table = read_notes_table(Path(notes_path)) if notes_path is not None else None
     stage_seconds: dict[str, float] = {}
+    stage_cpu_seconds: dict[str, float] = {}
     rules: dict = {}
     bar = tqdm(total=len(STAGES), desc="mimic3-raw", unit="stage", disable=not progress)
+    cpu_since = time.process_time()
 
     def finish(stage: str, since: float) -> float:
+        nonlocal cpu_since
         stage_seconds[stage] = time.perf_counter() - since
-        logger.info("mimic3-raw stage %s: %.2f s", stage, stage_seconds[stage])
+        stage_cpu_seconds[stage] = time.process_time() - cpu_since  # all threads of this process
+        cpu_since = time.process_time()
+        logger.info("mimic3-raw stage %s: %.2f s (%.2f CPU s)", stage, stage_seconds[stage], stage_cpu_seconds[stage])
         bar.update(1)
         bar.set_postfix_str(stage)
         return time.perf_counter()
@@ -197,6 +203,7 @@ def read_mimic3_raw(root: str | os.PathLike, notes_path: str | os.PathLike | Non
         "tables": tables.paths(),
         "rules": rules,
         "stage_seconds": stage_seconds,
+        "stage_cpu_seconds": stage_cpu_seconds,
         "engine": {"name": "duckdb", "version": duckdb.__version__, "threads": threads, "memory_limit": memory_limit},
         "notes_path": str(notes_path) if notes_path is not None else None,
         "notes_without_listed_stay": unmatched,
