@@ -14,10 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import data.materialise as materialise_module
 from data.errors import CohortError
+from data.materialise import load_manifest
 from data.mimic3_raw import read_mimic3_raw
+from data.prepare import main, parse_source
 from data.mimic3_raw.reader import period_lengths
 from data.schema import PHENOTYPE_LABELS, VARIABLE_NAMES
+from fake_text import make_fake_text_features
 
 # subjects: 1 (not in testset.csv -> train), 4 and 6 (testset flag 1 -> test), 2, 3, 5, 7, 8, 9 (train)
 PATIENTS = [(1, "2100-01-01 00:00:00"), (2, "2100-01-01 00:00:00"), (3, "2100-01-01 00:00:00"),
@@ -263,3 +267,35 @@ def test_unknown_category_policies(tmp_path):
 def test_threads_must_fit_the_cpus(tmp_path):
     with pytest.raises(ValueError, match="threads"):
         read_mimic3_raw(write_raw(tmp_path / "raw"), threads=10_000)
+
+
+def test_parse_source_mimic3_raw():
+    assert parse_source("mimic3-raw:/data/mimic-iii-1.4") == ("mimic3-raw", ["/data/mimic-iii-1.4"])
+    with pytest.raises(CohortError, match="mimic3-raw:MIMIC_III_DIR"):
+        parse_source("mimic3-raw:")
+
+
+def test_cli_materialises_the_raw_cohort_with_notes(tmp_path, monkeypatch):
+    monkeypatch.setattr(materialise_module, "_ensure_text_features",
+                        make_fake_text_features(dim=2, values="ones", key_prefix="fake", revision="0"))
+    root = write_raw(tmp_path / "raw")
+    pd.DataFrame({"stay": ["1_episode2_timeseries.csv"], "text": ["renal failure"]}).to_csv(
+        tmp_path / "notes.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["--source", f"mimic3-raw:{root}", "--out", str(out), "--notes", str(tmp_path / "notes.csv"),
+                 "--quiet"]) == 0
+    manifest = load_manifest(out)
+    assert manifest["num_stays"] == 3 and manifest["num_patients"] == 2
+    assert manifest["source"]["format"] == "mimic3-raw"
+    assert manifest["source"]["rules"]["phenotyping_stays"] == 3
+    stays = pd.read_parquet(out / "stays.parquet")
+    assert stays["split"].tolist() == ["train", "train", "test"]
+    assert stays["has_note"].tolist() == [False, True, False]
+    assert stays["series_bins"].tolist() == [48, 36, 10]  # ceil(period_length - 1e-6)
+
+
+def test_cli_missing_table_exits_2(tmp_path, capsys):
+    root = write_raw(tmp_path / "raw")
+    (root / "PATIENTS.csv").unlink()
+    assert main(["--source", f"mimic3-raw:{root}", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "raw table PATIENTS: neither" in capsys.readouterr().err
