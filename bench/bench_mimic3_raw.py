@@ -4,7 +4,8 @@ Generates raw tables in the MIMIC-III v1.4 layout with the ROW COUNTS of the ful
 ``--fraction`` (full: 46,520 patients, 58,976 admissions, 61,532 ICU stays, 651,047 diagnoses,
 330,712,483 CHARTEVENTS, 27,854,055 LABEVENTS, 4,349,218 OUTPUTEVENTS rows). The content is
 simulated, not clinical: chart times fall on the hour or half hour (several variables per
-CHARTTIME, as vitals are charted in rounds), ~18 % of CHARTEVENTS and ~7 % of LABEVENTS rows carry a mapped ITEMID
+CHARTTIME, as vitals are charted in rounds), each 4M-row block of an event table is ordered by
+subject and time (MIMIC-III's files hold a stay's rows together), ~18 % of CHARTEVENTS and ~7 % of LABEVENTS rows carry a mapped ITEMID
 (the benchmark map's COUNT shares), times fall inside the stays, transfers (12 %), admissions
 with two ICU stays, neonates (8 %) and > 89-year-olds exist so every stay rule has work to do.
 Event tables are gzip-compressed as PhysioNet ships them (``--compress none`` for plain CSV).
@@ -13,11 +14,13 @@ Then, in a fresh child process (so peak RSS is the reader's own), it times
 `data.mimic3_raw.read_mimic3_raw` stage by stage and the discretisation that
 `data.prepare` runs next, printing seconds per stage and the peak RSS after each, and the
 linear extrapolation to full scale (every stage is a scan, a hash join or a hash aggregate:
-O(rows)). For the benchmark side it times the loop its step 1 runs over CHARTEVENTS — one
-``csv.DictReader`` row dict per line, nothing else — on the first ``--baseline-rows`` rows,
-extrapolated linearly to 330.7M rows: a LOWER bound of mimic3-benchmarks' extract_subjects
-(its README: "around an hour"), before validate_events and extract_episodes (per-subject
-pandas work) even start. ``--demo DIR`` also times the route on the real demo tables.
+O(rows)). For the benchmark side it times the per-row work its step 1 does on CHARTEVENTS
+(`baseline_rows_per_second`: csv.DictReader dict, subject test, per-subject csv.DictWriter
+appends) on the first ``--baseline-rows`` rows, extrapolated linearly to 330.7M rows: a LOWER
+bound of mimic3-benchmarks' extract_subjects (its README: "around an hour"), before
+validate_events and extract_episodes (per-subject pandas work) even start. Both sides print
+wall and CPU seconds: on a machine shared with other jobs the CPU seconds are the fair
+comparison (wall = CPU on an idle machine for the single-threaded gzip scan). ``--demo DIR`` also times the route on the real demo tables.
 
 Usage: python bench/bench_mimic3_raw.py [--fraction 0.0333] [--work-dir /tmp/bench_mimic3_raw]
        [--threads 2] [--memory-limit 4GB] [--compress gzip|none] [--keep] [--demo RAW_DIR]
@@ -147,7 +150,8 @@ def generate(root: Path, fraction: float, seed: int = 0, compress: str = "gzip")
                           "VALUEUOM": np.where(mapped, "mmHg", "mL"), "WARNING": 0, "ERROR": 0})
             table = pl.DataFrame(frame).with_columns(
                 [pl.when(pl.col(c) < 0).then(None).otherwise(pl.col(c)).alias(c)
-                 for c in ("HADM_ID", "ICUSTAY_ID") if c in frame])
+                 for c in ("HADM_ID", "ICUSTAY_ID") if c in frame]).sort(["SUBJECT_ID", "CHARTTIME"])
+            table = table.with_columns(pl.Series("ROW_ID", np.arange(start, start + count)))
             _write(table, path, header=start == 0)
         if compress == "gzip":
             subprocess.run(["gzip", "-1", "-f", str(path)], check=True)
@@ -184,18 +188,42 @@ def measure(root: str, threads: int, memory_limit: str) -> dict:
             "rules": {k: cohort.source["rules"][k] for k in ("cohort_stays", "phenotyping_stays")}}
 
 
-def baseline_rows_per_second(path: Path, rows: int) -> tuple[float, float]:
-    """csv.DictReader rows per wall and per CPU second over the first ``rows`` lines of ``path``
-    (the benchmark's per-row loop, nothing else)."""
+def baseline_rows_per_second(path: Path, rows: int, subjects: set[str], out_dir: Path) -> tuple[float, float]:
+    """Rows per wall and per CPU second of the per-row work mimic3-benchmarks' step 1 does on an event
+    table, over the first ``rows`` lines of ``path``: one ``csv.DictReader`` dict per line, the
+    subject test, a 7-field output dict, and ``csv.DictWriter`` appends to one ``events.csv`` per
+    subject whenever the subject changes. Its later steps (validate_events, extract_episodes,
+    create_phenotyping) are not timed: the number is a lower bound of the benchmark's cost."""
+    fields = ["SUBJECT_ID", "HADM_ID", "ICUSTAY_ID", "CHARTTIME", "ITEMID", "VALUE", "VALUEUOM"]
+    out_dir.mkdir(parents=True, exist_ok=True)
     opener = gzip.open if path.name.endswith(".gz") else open
+
+    def flush(subject: str, buffered: list[dict]) -> None:
+        target = out_dir / f"{subject}.csv"
+        new = not target.exists()
+        with open(target, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            if new:
+                writer.writeheader()
+            writer.writerows(buffered)
+
     with opener(path, "rt", newline="") as handle:
-        reader = csv.DictReader(handle)
         started, cpu = time.perf_counter(), time.process_time()
-        done = 0
-        for done, _ in enumerate(reader, start=1):
+        current, buffered, done = "", [], 0
+        for done, row in enumerate(csv.DictReader(handle), start=1):
+            if row["SUBJECT_ID"] in subjects:
+                if current and row["SUBJECT_ID"] != current:
+                    flush(current, buffered)
+                    buffered = []
+                buffered.append({name: row.get(name, "") for name in fields})
+                current = row["SUBJECT_ID"]
             if done >= rows:
                 break
-        return done / (time.perf_counter() - started), done / (time.process_time() - cpu)
+        if buffered:
+            flush(current, buffered)
+        result = done / (time.perf_counter() - started), done / (time.process_time() - cpu)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return result
 
 
 def _run_child(root: Path, threads: int, memory_limit: str) -> dict:
@@ -227,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-limit", default="4GB")
     parser.add_argument("--compress", choices=("gzip", "none"), default="gzip")
-    parser.add_argument("--baseline-rows", type=int, default=2_000_000)
+    parser.add_argument("--baseline-rows", type=int, default=1_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the generated tables")
     parser.add_argument("--demo", type=Path, default=None, help="also time the real MIMIC-III demo raw folder")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # child mode
@@ -252,16 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         result = _run_child(root, arguments.threads, arguments.memory_limit)
         _print_measurement(f"simulated MIMIC-III x{arguments.fraction:.4f}", result, scale)
         chart = next(root.glob("CHARTEVENTS.csv*"))
-        rate, cpu_rate = baseline_rows_per_second(chart, arguments.baseline_rows)
+        subjects = set(pl.read_csv(root / "ICUSTAYS.csv")["SUBJECT_ID"].cast(pl.String).to_list())
+        rate, cpu_rate = baseline_rows_per_second(chart, arguments.baseline_rows, subjects, root / "per_subject")
         full_read, full_cpu = result["read_seconds"] * scale, result["read_cpu_seconds"] * scale
         baseline, baseline_cpu = FULL["chartevents"] / rate, FULL["chartevents"] / cpu_rate
         print(f"\nfull scale (linear extrapolation x{scale:.0f}): mimic3-raw read {full_read / 60:.1f} min wall, "
               f"{full_cpu / 60:.1f} CPU min")
-        print(f"mimic3-benchmarks step 1, csv.DictReader loop alone over CHARTEVENTS (first "
-              f"{arguments.baseline_rows:,} rows): {rate:,.0f} rows/s wall, {cpu_rate:,.0f} rows per CPU s -> "
-              f"{baseline / 3600:.2f} h wall, {baseline_cpu / 3600:.2f} CPU h for 330.7M rows (a lower bound of "
-              f"its step 1 alone; its README: extract_subjects 'around an hour', then validate_events, "
-              f"extract_episodes, create_phenotyping)")
+        print(f"mimic3-benchmarks step 1's per-row work on CHARTEVENTS (csv.DictReader, subject test, per-subject "
+              f"csv.DictWriter; first {arguments.baseline_rows:,} rows): {rate:,.0f} rows/s wall, {cpu_rate:,.0f} "
+              f"rows per CPU s -> {baseline / 3600:.2f} h wall, {baseline_cpu / 3600:.2f} CPU h for 330.7M rows "
+              f"(a lower bound: LABEVENTS/OUTPUTEVENTS and its steps 2-5 not counted; its README: extract_subjects "
+              f"'around an hour')")
         print(f"ratio benchmark lower bound / mimic3-raw: {baseline / full_read:.1f}x wall, "
               f"{baseline_cpu / full_cpu:.1f}x CPU")
     finally:
