@@ -245,7 +245,8 @@ def test_malformed_cell_names_table_and_column(tmp_path):
     bad = list(CHART)
     bad[3] = (1, 11, 101, "two-eleven", "2150-01-01 00:30:00", "90", "mmHg")
     root = write_raw(tmp_path / "raw", chart=bad)
-    with pytest.raises(CohortError, match=r"raw table CHARTEVENTS \(.*CHARTEVENTS.csv\): line 5, column .ITEMID.: expected a BIGINT value or an empty cell, found .two-eleven.") as caught:
+    with pytest.raises(CohortError, match=r"raw table CHARTEVENTS \(.*CHARTEVENTS.csv\): line 5, column .ITEMID.: "
+                                          r"expected a BIGINT value or an empty cell, found .two-eleven.") as caught:
         read_mimic3_raw(root, threads=1)
     assert "two-eleven" in str(caught.value)
 
@@ -299,3 +300,21 @@ def test_cli_missing_table_exits_2(tmp_path, capsys):
     (root / "PATIENTS.csv").unlink()
     assert main(["--source", f"mimic3-raw:{root}", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "raw table PATIENTS: neither" in capsys.readouterr().err
+
+
+def test_noteevents_select_each_stays_notes_by_its_own_times(tmp_path):
+    root = write_raw(tmp_path / "raw")
+    notes = _frame([
+        (1, 1, 11, "2150-01-01", "2150-01-01 02:00:00", "Nursing", "", "BP  stable,\n afebrile"),
+        (2, 1, 11, "2150-01-01", "2150-01-01 01:00:00", "Physician", "", "admitted [**Hospital 1**] today"),
+        (3, 1, 11, "2150-01-01", "2150-01-01 03:00:00", "Nursing", "1", "error note"),      # ISERROR: excluded
+        (4, 1, 11, "2150-01-06", "2150-01-06 00:00:00", "Nursing", "", "after the stay"),   # outside the window
+        (5, 1, 12, "2150-06-01", "2150-06-01 05:00:00", "Nursing", "", "second stay"),
+        (6, 4, 41, "2150-01-01", "", "Discharge summary", "", "no charttime"),              # no CHARTTIME: dropped
+    ], ["ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CHARTTIME", "CATEGORY", "ISERROR", "TEXT"])
+    notes.to_csv(root / "NOTEEVENTS.csv", index=False)
+    cohort = read_mimic3_raw(root, noteevents=root / "NOTEEVENTS.csv", threads=1)
+    assert cohort.notes.tolist() == ["admitted today\n\nBP stable, afebrile", "second stay", ""]
+    assert cohort.source["notes_from_noteevents"]["error_rows_excluded"] == 1
+    with pytest.raises(CohortError, match="expected one notes source"):
+        read_mimic3_raw(root, tmp_path / "notes.csv", noteevents=root / "NOTEEVENTS.csv", threads=1)

@@ -23,8 +23,10 @@ scans): ``stays`` (cohort stays, labels, split), ``events`` (scan + validation),
 ``source["stage_cpu_seconds"]``) and the total to ``timings["read"]``.
 
 The Cohort's ``stays`` carry, besides the usual columns, ``hadm_id``, ``icustay_id``, ``intime``
-and ``outtime`` (the keys a NOTEEVENTS route selects a stay's notes by). Notes: ``notes_path``
-is a ``stay,text`` table as for the mimic3 source (or none: every note missing).
+and ``outtime``. Notes, one source at most: ``notes_path`` (a ``stay,text`` table keyed by the
+stay names, as for the mimic3 source), or ``noteevents`` (MIMIC-III NOTEEVENTS, each stay's
+notes selected by `data.noteevents` with ``note_rule`` and the stay's own SUBJECT_ID, HADM_ID,
+INTIME, OUTTIME — no ICUSTAYS matching needed), or none (every note missing).
 Categorical values outside `data.schema` follow ``unknown_categories`` as in the readers
 ("error" raises naming stay, column and value; "missing" blanks and counts them); with
 ``drop_bad_stays`` an unknown category drops the stay with the reason instead of raising.
@@ -47,6 +49,7 @@ from data.errors import CohortError
 from data.mimic3_raw.series import build_events, build_series, build_values, fetch_series, fetch_stays
 from data.mimic3_raw.stays import build_cohort_stays, build_labels, label_matrix
 from data.mimic3_raw.tables import RawTables
+from data.noteevents import DEFAULT_NOTE_RULE, NoteRule, stay_notes_from_noteevents
 from data.readers import MAX_EXAMPLE_VALUES, UNKNOWN_CATEGORY_POLICIES
 from data.readers import _notes_for as notes_for_stays  # the mimic3 source's stay,text notes rule
 from data.readers import _read_notes as read_notes_table
@@ -124,6 +127,7 @@ def _drop_rows(stays: pd.DataFrame, labels: np.ndarray, events: pd.DataFrame, dr
 
 
 def read_mimic3_raw(root: str | os.PathLike, notes_path: str | os.PathLike | None = None, *,
+                    noteevents: str | os.PathLike | None = None, note_rule: NoteRule | None = None,
                     unknown_categories: str = "error", drop_bad_stays: bool = False,
                     memory_limit: str = DEFAULT_MEMORY_LIMIT, threads: int | None = None,
                     temp_dir: str | os.PathLike | None = None, progress: bool = False) -> Cohort:
@@ -134,6 +138,11 @@ def read_mimic3_raw(root: str | os.PathLike, notes_path: str | os.PathLike | Non
     threads = cpus if threads is None else int(threads)
     if not 1 <= threads <= cpus:
         raise ValueError(f"threads must be in 1..{cpus} (the CPUs this process may use), got {threads}")
+    if notes_path is not None and noteevents is not None:
+        raise CohortError(f"{root}: notes from --notes {notes_path} and --noteevents {noteevents}; "
+                          "expected one notes source")
+    if note_rule is not None and noteevents is None:
+        raise CohortError("--note-window-hours/--max-notes apply with --noteevents only")
     started = time.perf_counter()
     tables = RawTables(root)
     notes_table = read_notes_table(Path(notes_path)) if notes_path is not None else None
@@ -194,8 +203,15 @@ def read_mimic3_raw(root: str | os.PathLike, notes_path: str | os.PathLike | Non
         names = pd.Index(stays["stay"])
         stays, labels, events = _drop_rows(stays, labels, events, names.get_indexer([d["stay"] for d in dropped]))
         logger.warning("dropped %d stay(s) with bad input, e.g. %s", len(dropped), dropped[0]["reason"])
+    notes_source = None
+    if noteevents is not None:
+        rule = note_rule or DEFAULT_NOTE_RULE
+        times = pd.DataFrame({"stay": stays["stay"], "SUBJECT_ID": stays["patient_id"], "HADM_ID": stays["hadm_id"],
+                              "INTIME": stays["intime"], "OUTTIME": stays["outtime"]})
+        notes_table, note_stats = stay_notes_from_noteevents(noteevents, times, rule=rule, progress=progress)
+        notes_source = {"noteevents": str(Path(noteevents).resolve()), "rule": rule.to_json_dict(), **note_stats}
     notes, unmatched = notes_for_stays(stays["stay"].to_numpy(dtype=object), notes_table)
-    if unmatched:
+    if unmatched and noteevents is None:
         logger.warning("%s: %d note(s) belong to no cohort stay (ignored, counted)", notes_path, unmatched)
     source = {
         "format": "mimic3-raw",
@@ -206,6 +222,7 @@ def read_mimic3_raw(root: str | os.PathLike, notes_path: str | os.PathLike | Non
         "stage_cpu_seconds": stage_cpu_seconds,
         "engine": {"name": "duckdb", "version": duckdb.__version__, "threads": threads, "memory_limit": memory_limit},
         "notes_path": str(notes_path) if notes_path is not None else None,
+        "notes_from_noteevents": notes_source,
         "notes_without_listed_stay": unmatched,
         "label_columns_match_schema": True,
         "split": "mimic3-benchmarks testset.csv (subject-wise)",

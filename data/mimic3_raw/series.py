@@ -171,7 +171,8 @@ def build_values(connection: duckdb.DuckDBPyConnection) -> dict:
         SELECT SUBJECT_ID, CHARTTIME, VARIABLE, coalesce(CAST(max(NUM) AS VARCHAR), max(TXT)) AS V, count(*) AS N
         FROM cleaned WHERE FAIL IS NULL GROUP BY SUBJECT_ID, CHARTTIME, VARIABLE""")
     connection.execute("""
-        CREATE TEMP TABLE row_keys AS SELECT DISTINCT SUBJECT_ID, CHARTTIME, ICUSTAY_ID FROM cleaned WHERE FAIL IS NULL""")
+        CREATE TEMP TABLE row_keys AS
+        SELECT DISTINCT SUBJECT_ID, CHARTTIME, ICUSTAY_ID FROM cleaned WHERE FAIL IS NULL""")
     overwritten = connection.execute("SELECT coalesce(sum(N - 1), 0) FROM values_long").fetchone()[0]
     return {
         "values_missing": int(missing),
@@ -184,7 +185,8 @@ def build_values(connection: duckdb.DuckDBPyConnection) -> dict:
 
 def build_series(connection: duckdb.DuckDBPyConnection) -> dict:
     """Tables ``episode_rows`` (rule 6), ``phenotyping_stays`` (rule 7, with ROW order) and ``wide``."""
-    columns = ",\n".join(f"max(V) FILTER (WHERE VARIABLE = {sql_string(n)}) AS {_identifier(n)}" for n in VARIABLE_NAMES)
+    columns = ",\n".join(f"max(V) FILTER (WHERE VARIABLE = {sql_string(n)}) AS {_identifier(n)}"
+                         for n in VARIABLE_NAMES)
     connection.execute(f"CREATE TEMP TABLE wide AS SELECT SUBJECT_ID, CHARTTIME, {columns} FROM values_long "
                        "GROUP BY SUBJECT_ID, CHARTTIME")
     connection.execute(f"""

@@ -82,7 +82,8 @@ def build_cohort_stays(connection: duckdb.DuckDBPyConnection, tables: RawTables)
         FROM aged WHERE AGE_RAW >= 18 OR AGE_RAW < 0""")
     return {
         "icu_stays": _count(connection, "SELECT count(*) FROM icustays"),
-        "removed_icu_transfers": _count(connection, "SELECT (SELECT count(*) FROM icustays) - count(*) FROM no_transfer"),
+        "removed_icu_transfers": _count(
+            connection, "SELECT (SELECT count(*) FROM icustays) - count(*) FROM no_transfer"),
         "removed_without_admission_or_patient": _count(
             connection, "SELECT (SELECT count(*) FROM no_transfer) - count(*) FROM merged"),
         "removed_admissions_with_several_icu_stays": _count(
@@ -91,8 +92,9 @@ def build_cohort_stays(connection: duckdb.DuckDBPyConnection, tables: RawTables)
                                                    "OR AGE_RAW IS NULL"),
         "age_negative_set_to_90": _count(connection, "SELECT count(*) FROM aged WHERE AGE_RAW < 0"),
         "cohort_stays": _count(connection, "SELECT count(*) FROM cohort_stays"),
-        "episode_order_ties": _count(connection, "SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM cohort_stays "
-                                                 "GROUP BY SUBJECT_ID, INTIME, OUTTIME HAVING count(*) > 1)"),
+        "episode_order_ties": _count(connection, "SELECT coalesce(sum(n), 0) FROM (SELECT count(*) AS n "
+                                                 "FROM cohort_stays GROUP BY SUBJECT_ID, INTIME, OUTTIME "
+                                                 "HAVING count(*) > 1)"),
         "cohort_subjects": _count(connection, "SELECT count(DISTINCT SUBJECT_ID) FROM cohort_stays"),
     }
 
@@ -105,7 +107,8 @@ def build_labels(connection: duckdb.DuckDBPyConnection, tables: RawTables) -> di
               tables=tables.select("DIAGNOSES_ICD"))
     run_query(connection, f"""
         CREATE TEMP TABLE diagnoses AS SELECT * FROM diagnoses_all
-        WHERE ICD9_CODE IN (SELECT ICD9_CODE FROM {scan('D_ICD_DIAGNOSES')})""", tables=tables.select("D_ICD_DIAGNOSES"))
+        WHERE ICD9_CODE IN (SELECT ICD9_CODE FROM {scan('D_ICD_DIAGNOSES')})""",
+              tables=tables.select("D_ICD_DIAGNOSES"))
     connection.execute(f"""
         CREATE TEMP TABLE ccs AS SELECT * FROM read_csv({sql_string(resource_path('hcup_ccs_2015_codes.csv'))},
             header = true, auto_detect = false,
@@ -124,7 +127,8 @@ def build_labels(connection: duckdb.DuckDBPyConnection, tables: RawTables) -> di
         "diagnoses_without_d_icd_code": _count(
             connection, "SELECT (SELECT count(*) FROM diagnoses_all) - count(*) FROM diagnoses"),
         "cohort_stays_without_diagnoses": _count(
-            connection, "SELECT count(*) FROM cohort_stays WHERE ICUSTAY_ID NOT IN (SELECT ICUSTAY_ID FROM stay_diagnoses)"),
+            connection, "SELECT count(*) FROM cohort_stays "
+                        "WHERE ICUSTAY_ID NOT IN (SELECT ICUSTAY_ID FROM stay_diagnoses)"),
         "stay_codes_without_ccs_group": _count(
             connection, "SELECT count(*) FROM stay_codes WHERE ICD9_CODE NOT IN (SELECT ICD9_CODE FROM ccs)"),
     }

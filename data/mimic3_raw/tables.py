@@ -6,8 +6,9 @@ decompresses while it streams). `RawTables.locate` reads each header line first 
 match case-insensitively. `RawTables.scan` is a ``read_csv(...)`` expression with every column
 named from that header: the columns in `REQUIRED_COLUMNS` get their SQL type (a cell that does
 not parse makes DuckDB stop, and `run_query` turns its message into one naming the table,
-file, line, column, expected type and found value), all others stay VARCHAR and are never parsed. CSV dialect: comma, double quote,
-doubled-quote escape, empty cell (quoted or not) = NULL — as the MIMIC-III release writes it.
+file, line, column, expected type and found value), all others stay VARCHAR and are never
+parsed. CSV dialect: comma, double quote, doubled-quote escape, empty cell (quoted or not) =
+NULL — as the MIMIC-III release writes it.
 """
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def describe_error(message: str, tables: dict[str, str]) -> str:
 
 
 def run_query(connection: duckdb.DuckDBPyConnection, sql: str, *, tables: dict[str, str]):
-    """Execute ``sql`` over the raw ``tables`` (name -> path); a DuckDB error -> CohortError naming table, line, column."""
+    """Execute ``sql`` over the raw ``tables`` (name -> path); a DuckDB error -> CohortError naming
+    the table, line and column."""
     try:
         return connection.execute(sql)
     except duckdb.Error as error:
