@@ -318,3 +318,14 @@ def test_noteevents_select_each_stays_notes_by_its_own_times(tmp_path):
     assert cohort.source["notes_from_noteevents"]["error_rows_excluded"] == 1
     with pytest.raises(CohortError, match="expected one notes source"):
         read_mimic3_raw(root, tmp_path / "notes.csv", noteevents=root / "NOTEEVENTS.csv", threads=1)
+
+
+def test_text_that_is_not_a_number_is_dropped_and_counted(tmp_path):
+    chart = list(CHART) + [(4, 41, 401, 211, "2150-01-01 03:00:00", " 95", ""),        # Python float() takes it
+                           (4, 41, 401, 51, "2150-01-01 03:00:00", "1_20", "mmHg"),    # and this
+                           (4, 41, 401, 8368, "2150-01-01 03:00:00", "120/", "mmHg")]  # the benchmark stops here
+    cohort = read_mimic3_raw(write_raw(tmp_path / "raw", chart=chart), threads=1)
+    assert cohort.source["rules"]["values_not_a_number"] == {
+        "Diastolic blood pressure": 1, "Heart Rate": 1, "Systolic blood pressure": 1}
+    row = cohort.stays["stay"].tolist().index("4_episode1_timeseries.csv")
+    assert cohort.events.loc[cohort.events["row"] == row, "Hours"].tolist() == [2.0]

@@ -43,9 +43,11 @@ writes the latter into a series that its discretiser cannot read. Not reproduced
 countable without running the benchmark: pandas infers the VALUE type per 131,072-row chunk of
 a subject's ``events.csv``, so a chunk of numbers only becomes floats there ("98" -> "98.0",
 numeric instead of text order between same-time values, the plain-decimal test skipped); here
-VALUE is always text. Numbers are parsed by DuckDB's CAST (ASCII digits) where the benchmark uses
-Python's ``float()`` (which also takes e.g. "1_000" or non-ASCII digits). None of these changes a
-stay of the MIMIC-III demo (tests/test_mimic3_raw_demo.py).
+VALUE is always text. A number is a VALUE that matches the project's one number grammar
+(`data.numbers.NUMBER_GRAMMAR`, which the discretiser also demands), where the benchmark uses
+Python's ``float()`` (which also takes " 12", "1_000" or non-ASCII digits): such text counts in
+``values_not_a_number``. None of these changes a stay of the MIMIC-III demo
+(tests/test_mimic3_raw_demo.py).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ import duckdb
 
 from data.mimic3_raw.stays import resource_path
 from data.mimic3_raw.tables import EVENT_TABLES, RawTables, run_query, sql_string
+from data.numbers import NUMBER_GRAMMAR
 from data.schema import VARIABLE_NAMES
 
 EPSILON = 1e-6  # create_phenotyping's eps
@@ -78,7 +81,8 @@ def _identifier(name: str) -> str:
 
 
 def cleaned_number_sql() -> str:
-    """SQL expression: the cleaned number of a row (columns VARIABLE, VALUE, X, PLAIN, UOM, LABEL)."""
+    """SQL expression: the cleaned number of a row (columns VARIABLE, VALUE, X = VALUE as a number of
+    `NUMBER_GRAMMAR` or NULL, PLAIN, UOM, LABEL)."""
     v = "VARIABLE"
     return f"""CASE
         WHEN {v} = 'Capillary refill rate' THEN CASE WHEN VALUE IN ('Normal <3 secs', 'Brisk') THEN 0.0::DOUBLE
@@ -143,7 +147,9 @@ def build_values(connection: duckdb.DuckDBPyConnection) -> dict:
         CREATE TEMP TABLE cleaned AS
         WITH kept AS (
             SELECT e.SUBJECT_ID, e.ICUSTAY_ID, e.CHARTTIME, m.VARIABLE, m.LABEL, e.VALUE,
-                   lower(coalesce(e.VALUEUOM, '')) AS UOM, TRY_CAST(e.VALUE AS DOUBLE) AS X,
+                   lower(coalesce(e.VALUEUOM, '')) AS UOM,
+                   CASE WHEN regexp_full_match(e.VALUE, {sql_string(NUMBER_GRAMMAR)})
+                        THEN TRY_CAST(e.VALUE AS DOUBLE) END AS X,
                    regexp_full_match(e.VALUE, {sql_string(PLAIN_DECIMAL)}) AS PLAIN
             FROM events e JOIN item_map m ON m.ITEMID = e.ITEMID
             WHERE e.STATUS IN ('kept', 'icustay_recovered') AND e.VALUE IS NOT NULL
