@@ -23,7 +23,7 @@ subject train.
 """
 from __future__ import annotations
 
-from importlib import resources
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -32,7 +32,7 @@ import pandas as pd
 from data.mimic3_raw.tables import RawTables, run_query, sql_string
 from data.schema import PHENOTYPE_LABELS
 
-RESOURCES = resources.files("data") / "resources" / "mimic3_benchmarks"
+RESOURCES = Path(__file__).resolve().parents[1] / "resources" / "mimic3_benchmarks"  # package data
 
 
 def resource_path(name: str) -> str:
