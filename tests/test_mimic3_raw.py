@@ -265,9 +265,12 @@ def test_unknown_category_policies(tmp_path):
     assert dropped.labels.shape == (2, len(PHENOTYPE_LABELS))
 
 
-def test_threads_must_fit_the_cpus(tmp_path):
+def test_threads_and_memory_limit_are_checked(tmp_path):
+    root = write_raw(tmp_path / "raw")
     with pytest.raises(ValueError, match="threads"):
-        read_mimic3_raw(write_raw(tmp_path / "raw"), threads=10_000)
+        read_mimic3_raw(root, threads=10_000)
+    with pytest.raises(ValueError, match="memory_limit 'lots'"):
+        read_mimic3_raw(root, threads=1, memory_limit="lots")
 
 
 def test_parse_source_mimic3_raw():

@@ -48,7 +48,7 @@ from data.cohort import Cohort
 from data.errors import CohortError
 from data.mimic3_raw.series import build_events, build_series, build_values, fetch_series, fetch_stays
 from data.mimic3_raw.stays import build_cohort_stays, build_labels, label_matrix
-from data.mimic3_raw.tables import RawTables
+from data.mimic3_raw.tables import RawTables, sql_string
 from data.noteevents import DEFAULT_NOTE_RULE, NoteRule, stay_notes_from_noteevents
 from data.readers import MAX_EXAMPLE_VALUES, UNKNOWN_CATEGORY_POLICIES
 from data.readers import _notes_for as notes_for_stays  # the mimic3 source's stay,text notes rule
@@ -71,8 +71,12 @@ def available_cpus() -> int:
 def _connect(*, threads: int, memory_limit: str, temp_dir: str, progress: bool) -> duckdb.DuckDBPyConnection:
     connection = duckdb.connect(":memory:")
     connection.execute(f"SET threads = {int(threads)}")
-    connection.execute(f"SET memory_limit = '{memory_limit}'")
-    connection.execute(f"SET temp_directory = '{temp_dir}'")
+    try:
+        connection.execute(f"SET memory_limit = {sql_string(memory_limit)}")
+    except duckdb.Error as error:
+        connection.close()
+        raise ValueError(f"memory_limit {memory_limit!r}: expected a size such as '4GB' ({error})") from None
+    connection.execute(f"SET temp_directory = {sql_string(temp_dir)}")
     connection.execute("SET preserve_insertion_order = false")
     connection.execute(f"SET enable_progress_bar = {'true' if progress else 'false'}")
     return connection
