@@ -5,6 +5,7 @@
     python -m data.prepare --source mimic3:PATH --out DIR --noteevents NOTEEVENTS.csv.gz --icustays ICUSTAYS.csv.gz
     python -m data.prepare --source mimic4:TASKDIR[,TSDIR] --out DIR          # FlexCare/MIRACL split kept
     python -m data.prepare --source mimic4:LISTFILE[,TSDIR] --out DIR [--split-seed S]
+    python -m data.prepare --source mimic3-raw:MIMIC_III_DIR --out DIR [--noteevents MIMIC_III_DIR/NOTEEVENTS.csv.gz]
     python -m data.prepare --verify DIR                            # full check of a cohort directory
 
 ``synthetic`` first writes the generated cohort in the mimic3-benchmarks phenotyping layout
@@ -48,17 +49,17 @@ from data.split import assign_split
 
 logger = logging.getLogger("data.prepare")
 
-SOURCE_FORMS = "synthetic | mimic3:PATH | mimic4:TASKDIR|LISTFILE[,TSDIR]"
+SOURCE_FORMS = "synthetic | mimic3:PATH | mimic4:TASKDIR|LISTFILE[,TSDIR] | mimic3-raw:MIMIC_III_DIR"
 STAGES = ("generate", "read", "discretise", "write", "text", "checksums")
 
 
 def parse_source(source: str) -> tuple[str, list[str]]:
-    """'synthetic' | 'mimic3:PATH' | 'mimic4:TASKDIR|LISTFILE[,TSDIR]' -> (kind, arguments)."""
+    """'synthetic' | 'mimic3:PATH' | 'mimic4:TASKDIR|LISTFILE[,TSDIR]' | 'mimic3-raw:DIR' -> (kind, arguments)."""
     kind, _, rest = source.partition(":")
     kind = kind.strip().lower()
     if kind == "synthetic" and not rest:
         return kind, []
-    if kind == "mimic3" and rest:
+    if kind in ("mimic3", "mimic3-raw") and rest:
         return kind, [rest]
     if kind == "mimic4" and rest:
         parts = rest.split(",")
@@ -102,8 +103,11 @@ def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = Non
     """Source string -> Cohort with a split (synthetic files are generated into ``out/source``)."""
     kind, arguments = parse_source(source)
     options = dict(unknown_categories=unknown_categories, drop_bad_stays=drop_bad_stays, progress=progress)
-    if kind != "mimic3" and (noteevents is not None or icustays is not None or note_rule is not None):
+    note_options = (noteevents, icustays, note_rule)
+    if kind not in ("mimic3", "mimic3-raw") and any(option is not None for option in note_options):
         raise CohortError("--noteevents/--icustays/--note-window-hours/--max-notes apply to mimic3 sources only")
+    if kind == "mimic3-raw" and icustays is not None:
+        raise CohortError("--icustays: a mimic3-raw source reads ICUSTAYS from its own folder")
     if kind != "mimic4" and duplicate_stays != "join-notes":
         raise CohortError("--duplicate-stays applies to mimic4 sources only")
     generate_seconds = None
@@ -122,10 +126,13 @@ def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = Non
     elif kind == "mimic3":
         cohort = read_mimic3_phenotyping(arguments[0], notes, noteevents=noteevents, icustays=icustays,
                                          note_rule=note_rule, **options)
+    elif kind == "mimic3-raw":  # raw MIMIC-III CSV tables, the benchmark's rules and split (data.mimic3_raw)
+        from data.mimic3_raw import read_mimic3_raw
+        cohort = read_mimic3_raw(arguments[0], notes, noteevents=noteevents, note_rule=note_rule, **options)
     else:
         if notes is not None:
-            raise CohortError("--notes applies to synthetic and mimic3 sources; a MIMIC-IV listfile carries "
-                              "its notes in a past_medical_history/note/text column")
+            raise CohortError("--notes applies to synthetic, mimic3 and mimic3-raw sources; a MIMIC-IV listfile "
+                              "carries its notes in a past_medical_history/note/text column")
         cohort = read_mimic4_multimodal(arguments[0], arguments[1] if len(arguments) > 1 else None,
                                         duplicate_stays=duplicate_stays, **options)
     if generate_seconds is not None:
@@ -184,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--verify", type=Path, metavar="DIR", help="check the cohort directory DIR fully "
                         "(every file's sha256, derived fields, split) and write nothing")
     parser.add_argument("--notes", default=None, help="notes table (CSV or parquet, columns stay,text)")
-    parser.add_argument("--noteevents", default=None, help="mimic3: the MIMIC-III NOTEEVENTS table (csv or csv.gz); "
-                        "each stay's notes are selected by data.noteevents' rule")
+    parser.add_argument("--noteevents", default=None, help="mimic3, mimic3-raw: the MIMIC-III NOTEEVENTS table "
+                        "(csv or csv.gz); each stay's notes are selected by data.noteevents' rule")
     parser.add_argument("--icustays", default=None, help="mimic3 with --noteevents: the MIMIC-III ICUSTAYS table "
                         "(stay times)")
     parser.add_argument("--note-window-hours", default=None, help="--noteevents: hours after INTIME whose notes "

@@ -48,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default=None,
-                      help="synthetic (default) | mimic3:PATH | mimic4:TASKDIR|LISTFILE[,TSDIR] | a materialised cohort dir")
-    data.add_argument("--notes", default=None, help="notes table (stay,text) for mimic3 sources")
-    data.add_argument("--noteevents", default=None, help="mimic3: MIMIC-III NOTEEVENTS (notes selected per stay, "
-                      "see data.noteevents); needs --icustays")
+                      help="synthetic (default) | mimic3:PATH | mimic4:TASKDIR|LISTFILE[,TSDIR] | "
+                           "mimic3-raw:MIMIC_III_DIR | a materialised cohort dir")
+    data.add_argument("--notes", default=None, help="notes table (stay,text) for mimic3 / mimic3-raw sources")
+    data.add_argument("--noteevents", default=None, help="mimic3 / mimic3-raw: MIMIC-III NOTEEVENTS (notes selected "
+                      "per stay, see data.noteevents); mimic3 needs --icustays")
     data.add_argument("--icustays", default=None, help="mimic3 with --noteevents: MIMIC-III ICUSTAYS (stay times)")
     data.add_argument("--encoder", default=None, help="text encoder (HF id or path); default: packaged MiniLM")
     data.add_argument("--cohort-cache", default=None,
@@ -93,7 +94,8 @@ def prepare_data(args, runtime: dict) -> Path:
         cohort = Path(args.data).resolve()
         if not (cohort / "manifest.json").is_file():
             raise ConfigError(f"--data {args.data}: not a materialised cohort (no manifest.json) and not "
-                              "'synthetic', 'mimic3:PATH' or 'mimic4:TASKDIR|LISTFILE[,TSDIR]'")
+                              "'synthetic', 'mimic3:PATH', 'mimic4:TASKDIR|LISTFILE[,TSDIR]' or "
+                              "'mimic3-raw:MIMIC_III_DIR'")
         return cohort
     source = args.data or "synthetic"
     options: dict = {"encoder": args.encoder, "notes": args.notes}
