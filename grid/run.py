@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
     runtime = preset_runtime(preset)
     if args.list:   # counted exactly as a run of this preset expands them
-        print(f"preset {preset} (seeds {', '.join(map(str, runtime['seeds']))}); "
-              "--seeds/--noise/--methods/--set change the counts")
+        print(f"trials per sweep as a run of preset {preset} (seeds {', '.join(map(str, runtime['seeds']))}) "
+              "expands them; --seeds/--noise/--methods/--set change that (see --dry-run)")
         print(describe_sweeps(PAPER_L_AVG, PAPER_NUM_LABELS, preset=preset_trial_defaults(preset),
                               preset_seeds=runtime["seeds"]))
         print(f"(balanced rho- shown for L_avg={PAPER_L_AVG}; a run derives it from its cohort)")
