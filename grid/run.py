@@ -246,7 +246,8 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
                                    provenance=sweep_provenance(manifest))
     frame["experiment"] = experiment
     results_path = write_results(frame, experiment_dir)
-    print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; results: {results_path}")
+    print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; experiment: {experiment_dir}")
+    print(f"results: {results_path}")
     if failed:
         print(f"{len(failed)} trial(s) failed after retries:", *failed, sep="\n  ", file=sys.stderr)
     if not args.no_report and "://" not in experiment_dir:
