@@ -1,7 +1,7 @@
 """Read a run's results into one tidy frame, select last epochs, check that a sweep is complete.
 
-Input is either the grid's ``results.parquet`` (one row per trial × epoch, schema in the
-shared contracts) or, when that file is absent, a Ray Tune experiment directory: every trial
+Input is either the grid's ``results.parquet`` (one row per trial × epoch, schema in
+ARCHITECTURE §8) or, when that file is absent, a Ray Tune experiment directory: every trial
 folder holds a ``result.json`` with one JSON object per line (one per reported epoch). In such
 a line the reported metrics are top-level keys (``"test/mAP"``; nested dicts are flattened with
 ``/``), ``"config"`` holds either ``{"trial": {<flat TrialConfig dict>}, ...}`` or the flat

@@ -84,8 +84,9 @@ def vectorised_pipeline(stats, observed, alpha=0.5, tau=0.02, seed=30, device="c
 
     def correct():
         mean_clean, mean_noisy = mixtures.pair_means(selection.group_id)
-        return correct_labels(observed, stats.probabilities, selection.z_tilde, mixtures.partition,
-                              mean_clean, mean_noisy, tau, cooccurrence_matrix(observed))
+        return correct_labels(observed=observed, probabilities=stats.probabilities, z_tilde=selection.z_tilde,
+                              partition=mixtures.partition, mean_clean=mean_clean, mean_noisy=mean_noisy,
+                              tau=tau, cooccurrence=cooccurrence_matrix(observed))
 
     result = stage("correction", correct)
     timings["total"] = sum(timings.values())

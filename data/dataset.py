@@ -12,7 +12,7 @@ structure and patient-wise split of the stays table, and every derived manifest 
 (``l_avg_train``, counts, ...) against its value recomputed from the arrays. Any mismatch or
 unreadable (e.g. truncated) file is a `CohortError` naming the file.
 
-Batch dict of `collate` (CONTRACTS.md), B items::
+Batch dict of `collate` (ARCHITECTURE §6), B items::
 
     index LongTensor B; patient LongTensor B
     series FloatTensor B×T×76 (zero-padded after series_length; T = max length, >= 1)

@@ -1,4 +1,4 @@
-"""Write a `Cohort` as the materialised cohort directory of CONTRACTS.md (ARCHITECTURE flow step 1).
+"""Write a `Cohort` as the materialised cohort directory (ARCHITECTURE §5; step 1 of §2).
 
 ``materialise(cohort, out_dir)`` discretises and z-scores the series (METHOD §9, train-only
 statistics), writes ``stays.parquet``, ``labels.npy``, ``series_values.npy``,

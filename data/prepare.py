@@ -1,4 +1,4 @@
-"""Command line and library entry: source -> materialised cohort directory (ARCHITECTURE flow step 1).
+"""Command line and library entry: source -> materialised cohort directory (ARCHITECTURE §2, step 1).
 
     python -m data.prepare --source synthetic --out DIR            # embedded default cohort
     python -m data.prepare --source mimic3:PATH --out DIR [--notes notes.parquet]

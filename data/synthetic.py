@@ -1,5 +1,4 @@
-"""Seeded generator of the embedded default cohort (METHOD §1, §9, §10; ARCHITECTURE "The
-embedded default cohort").
+"""Seeded generator of the embedded default cohort (METHOD §1, §9, §10; ARCHITECTURE §3).
 
 `generate_synthetic_cohort(out_dir)` writes a longitudinal, multimodal phenotyping cohort in
 the file layout of the mimic3-benchmarks phenotyping extract, so the default pipeline runs the

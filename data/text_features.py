@@ -2,8 +2,7 @@
 
 The note encoder of the backbone is a *frozen* pretrained BERT-family model, so its outputs are
 a pure function of (encoder weights, tokenizer, truncation length, note). This module computes
-them once and stores them in the cohort directory (layout of CONTRACTS "Materialised cohort
-directory")::
+them once and stores them in the cohort directory (layout in ARCHITECTURE §5)::
 
     DIR/text/KEY/token_features.npy    float16 (Σ tokens)×D  last hidden state of every
                                        non-padding token, special tokens ([CLS], [SEP]) included

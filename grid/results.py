@@ -1,4 +1,4 @@
-"""Tidy `results.parquet` from a Tune experiment directory (schema in README "Results").
+"""Tidy `results.parquet` from a Tune experiment directory (schema: ARCHITECTURE §8, §9).
 
 One row per trial × epoch: identity (trial_id, sweep, experiment, epoch, is_last_epoch,
 status), the flattened TrialConfig as ``config/<field>``, every reported metric

@@ -86,17 +86,19 @@ def _is_embedded(data: str | None) -> bool:
     return data in (None, "synthetic")
 
 
-def prepare_data(args, runtime: dict) -> Path:
-    """Materialise (or reuse, by content hash) the cohort once for every trial."""
-    from data.prepare import prepare_cohort
+def cohort_location(args, runtime: dict) -> tuple[str, Path, dict]:
+    """Where the run's cohort is or will be: (source, directory, prepare options). Builds nothing.
 
+    A materialised cohort given as ``--data DIR`` is its own location; any other source lives
+    under ``--cohort-cache`` in a folder named by a hash of the source and its options.
+    """
     if args.data and not _is_embedded(args.data) and ":" not in args.data:
         cohort = Path(args.data).resolve()
         if not (cohort / "manifest.json").is_file():
             raise ConfigError(f"--data {args.data}: not a materialised cohort (no manifest.json) and not "
                               "'synthetic', 'mimic3:PATH', 'mimic4:TASKDIR|LISTFILE[,TSDIR]' or "
                               "'mimic3-raw:MIMIC_III_DIR'")
-        return cohort
+        return "", cohort, {}
     source = args.data or "synthetic"
     options: dict = {"encoder": args.encoder, "notes": args.notes}
     options.update({k: v for k, v in (("noteevents", args.noteevents), ("icustays", args.icustays)) if v})
@@ -105,54 +107,95 @@ def prepare_data(args, runtime: dict) -> Path:
         options.update(patients=synthetic["num_patients"], hours=synthetic["max_hours"])
     key = hashlib.sha256(json.dumps([source, options], sort_keys=True, default=str).encode()).hexdigest()[:12]
     cache = Path(args.cohort_cache or Path(args.storage if "://" not in args.storage else ".") / "cohorts")
-    return Path(prepare_cohort(source, cache.resolve() / key, **{k: v for k, v in options.items() if v is not None}))
+    return source, cache.resolve() / key, {k: v for k, v in options.items() if v is not None}
+
+
+def prepare_data(args, runtime: dict) -> Path:
+    """Materialise (or reuse, by content hash) the cohort once for every trial."""
+    from data.prepare import prepare_cohort
+
+    source, cohort, options = cohort_location(args, runtime)
+    if not source:
+        return cohort
+    return Path(prepare_cohort(source, cohort, **options))
+
+
+def expand_requested_sweep(args, preset: str, runtime: dict, l_avg: float, num_labels: int) -> list:
+    """The trials of ``--sweep`` with every narrowing/widening flag applied (validated configs)."""
+    from grid.presets import preset_trial_defaults
+    from grid.sweeps import expand_sweep, parse_set_arguments
+
+    return expand_sweep(args.sweep, l_avg=l_avg, num_labels=num_labels, seeds=args.seeds, noise=args.noise,
+                        methods=args.methods, overrides=parse_set_arguments(args.set),
+                        preset=preset_trial_defaults(preset), preset_seeds=runtime["seeds"])
+
+
+def check_text_keys(trials, cohort_dir: Path) -> None:
+    """Every trial's text-feature key exists in the cohort and its files pass the full check
+    (unknown key / other encoder / damaged file: CohortError)."""
+    from data.dataset import CohortData
+
+    for key in sorted({t.config["text_feature_key"] for t in trials}):
+        # full file check once per sweep (trials run the quick one)
+        CohortData(cohort_dir, text_key=key or None, verify="full").text()
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    from data.errors import CohortError
     from grid.presets import preset_runtime, preset_trial_defaults
-    from grid.sweeps import describe_sweeps, expand_sweep, format_trials, parse_set_arguments
+    from grid.sweeps import describe_sweeps, format_trials, get_sweep
 
-    if args.list:
-        print(describe_sweeps(PAPER_L_AVG, PAPER_NUM_LABELS))
+    preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
+    runtime = preset_runtime(preset)
+    if args.list:   # counted exactly as a run of this preset expands them
+        print(f"trials per sweep as a run of preset {preset} (seeds {', '.join(map(str, runtime['seeds']))}) "
+              "expands them; --seeds/--noise/--methods/--set change that (see --dry-run)")
+        print(describe_sweeps(PAPER_L_AVG, PAPER_NUM_LABELS, preset=preset_trial_defaults(preset),
+                              preset_seeds=runtime["seeds"]))
         print(f"(balanced rho- shown for L_avg={PAPER_L_AVG}; a run derives it from its cohort)")
         return 0
     if not args.sweep:
         print("error: --sweep NAME is required (see --list)", file=sys.stderr)
         return 2
-    preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
     if args.workers_per_trial is None:
         args.workers_per_trial = 0 if preset == "quick" else 1
     if args.workers_per_trial < 0:
         print("error: --workers-per-trial must be >= 0", file=sys.stderr)
         return 2
-    runtime = preset_runtime(preset)
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     experiment = args.name or args.sweep
     experiment_dir = f"{storage.rstrip('/')}/{experiment}"
+    # Everything that can be checked without the cohort is checked before it is built: the sweep
+    # name, the flags and every trial's config (a cohort build takes minutes on real data).
     try:
-        from data.errors import CohortError
         from data.materialise import load_manifest
 
+        get_sweep(args.sweep)
+        source, cohort_dir, _ = cohort_location(args, runtime)
+        # digest checked: a damaged manifest is a clean error
+        manifest = load_manifest(cohort_dir) if (cohort_dir / "manifest.json").is_file() else None
+        l_avg, num_labels = ((manifest["l_avg_train"], manifest["num_labels"]) if manifest
+                             else (PAPER_L_AVG, PAPER_NUM_LABELS))
+        trials = expand_requested_sweep(args, preset, runtime, l_avg, num_labels)
+        if args.dry_run:   # never builds a cohort; checks the text keys of one that exists
+            if manifest:
+                check_text_keys(trials, cohort_dir)
+            state = "" if manifest else " (not built yet: a run builds it)"
+            print(f"sweep {args.sweep}: {len(trials)} trials, preset {preset}, cohort {cohort_dir}{state}")
+            if not manifest and any(t.config["noise_model"] == "balanced" for t in trials):
+                print(f"(balanced rho- shown for L_avg={PAPER_L_AVG}; a run derives it from its cohort)")
+            print(format_trials(trials))
+            return 0
         cohort_dir = prepare_data(args, runtime)
-        manifest = load_manifest(cohort_dir)   # digest checked: a damaged manifest is a clean error
-        trials = expand_sweep(args.sweep, l_avg=manifest["l_avg_train"], num_labels=manifest["num_labels"],
-                              seeds=args.seeds, noise=args.noise, methods=args.methods,
-                              overrides=parse_set_arguments(args.set), preset=preset_trial_defaults(preset),
-                              preset_seeds=runtime["seeds"])
-        from data.dataset import CohortData
-
-        for key in sorted({t.config["text_feature_key"] for t in trials}):
-            # full file check once per sweep (trials run the quick one); unknown key / other encoder: error now
-            CohortData(cohort_dir, text_key=key or None, verify="full").text()
+        manifest = load_manifest(cohort_dir)
+        trials = expand_requested_sweep(args, preset, runtime, manifest["l_avg_train"], manifest["num_labels"])
+        check_text_keys(trials, cohort_dir)
     except (ConfigError, CohortError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"sweep {args.sweep}: {len(trials)} trials, preset {preset}, cohort {cohort_dir}")
-    if args.dry_run:
-        print(format_trials(trials))
-        return 0
     return run_sweep(args, trials, cohort_dir, manifest, storage, experiment, experiment_dir)
 
 
@@ -205,7 +248,8 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
                                    provenance=sweep_provenance(manifest))
     frame["experiment"] = experiment
     results_path = write_results(frame, experiment_dir)
-    print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; results: {results_path}")
+    print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; experiment: {experiment_dir}")
+    print(f"results: {results_path}")
     if failed:
         print(f"{len(failed)} trial(s) failed after retries:", *failed, sep="\n  ", file=sys.stderr)
     if not args.no_report and "://" not in experiment_dir:
@@ -213,6 +257,9 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
 
         report = write_report(experiment_dir, allow_partial=bool(failed))
         print(f"report: {report}")
+        figures = report.parent / "figures"
+        if figures.is_dir():
+            print(f"figures: {figures}")
     return 1 if failed else 0
 
 

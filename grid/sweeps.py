@@ -502,9 +502,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def describe_sweeps(l_avg: float, num_labels: int) -> str:
-    """A table of the named sweeps: name, trial count, reference in the paper, description."""
-    rows = [[sweep.name, str(len(expand_sweep(sweep.name, l_avg=l_avg, num_labels=num_labels))),
+def describe_sweeps(l_avg: float, num_labels: int, *, preset: Mapping[str, Any] | None = None,
+                    preset_seeds: Iterable[int] | None = None) -> str:
+    """A table of the named sweeps: name, trial count, reference in the paper, description.
+
+    The counts are those `expand_sweep` gives with the same `preset`/`preset_seeds` (a run's),
+    so a preset with fewer seeds shows fewer trials.
+    """
+    rows = [[sweep.name, str(len(expand_sweep(sweep.name, l_avg=l_avg, num_labels=num_labels, preset=preset,
+                                              preset_seeds=preset_seeds))),
              sweep.reference, sweep.description] for sweep in SWEEPS.values()]
     return _table(["sweep", "trials", "paper", "description"], rows)
 

@@ -137,7 +137,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, queue) -> None:
     torch.manual_seed(0)
     distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        from torch.distributed.nn.functional import all_gather
+        from trainables.distributed import autograd_all_gather
         torch.manual_seed(0)
         model = TwoHeads()
         reference = TwoHeads()
@@ -152,24 +152,26 @@ def _ddp_worker(rank: int, world: int, init_file: str, queue) -> None:
         local = slice(0, SPLIT) if rank == 0 else slice(SPLIT, None)
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         ehr, note = ddp(series[local], notes[local])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as caught:   # the production all-gather, no deprecation
+            warnings.simplefilter("always")
             loss = patient_contrastive_loss(ehr, note, has_series[local], has_note[local], patient[local], 0.1,
-                                            gather=all_gather)
+                                            gather=autograd_all_gather)
             loss.backward()
+        deprecations = [str(w.message) for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
         mean_loss = loss.detach().clone()
         distributed.all_reduce(mean_loss)
         mean_loss /= world
         errors = {name: float((p.grad - expected[name]).abs().max()) for name, p in model.named_parameters()}
         queue.put((rank, float(full_loss), float(mean_loss), errors,
-                   max(float(g.abs().max()) for g in expected.values())))
+                   max(float(g.abs().max()) for g in expected.values()), deprecations))
     finally:
         distributed.destroy_process_group()
 
 
 def test_ddp_averaged_gradient_equals_single_process_gradient():
     results = run_on_gloo(_ddp_worker)
-    for rank, full_loss, mean_loss, errors, scale in results:
+    for rank, full_loss, mean_loss, errors, scale, deprecations in results:
+        assert not deprecations, deprecations
         assert scale > 1e-3  # the gradient is not trivially zero
         assert mean_loss == pytest.approx(full_loss, rel=1e-5), rank
         for name, error in errors.items():

@@ -1,14 +1,11 @@
 """Tests of trainables.correction (Eqs. 4–8, Appendix D, METHOD §5) on hand-computed cases."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from trainables.correction import (CORRECTION_METRIC_NAMES, CorrectionError, correct_labels,
-                                   correction_diagnostics, cooccurrence_matrix, label_support,
+from trainables.correction import (CorrectionError, cooccurrence_matrix, correct_labels, label_support,
                                    uncertainty_score)
 from trainables.gmm import CLEAN, NOISY, UNCERTAIN
 
@@ -50,7 +47,8 @@ def test_support_and_negative_candidates_hand_computed():
     half = torch.full((3, 3), 0.5)
     for tau, candidates in ((0.02, [[0, 0, 1], [0, 1, 0], [1, 0, 0]]),
                             (0.6, [[0, 0, 0], [0, 0, 0], [1, 0, 0]])):
-        result = correct_labels(OBSERVED, half, half, everything_clean, half * 0, half * 0 + 1, tau)
+        result = correct_labels(observed=OBSERVED, probabilities=half, z_tilde=half, partition=everything_clean,
+                                mean_clean=half * 0, mean_noisy=half * 0 + 1, tau=tau)
         assert result.negative_candidates.int().tolist() == candidates
         # all clean: positives keep 1, negatives (in or out of Z⁻) stay 0
         assert torch.equal(result.corrected, OBSERVED.float())
@@ -63,7 +61,8 @@ def test_each_correction_rule_hand_computed():
     mean_noisy = torch.full((3, 3), 0.6, dtype=torch.float64)
     partition = torch.tensor([[CLEAN, UNCERTAIN, NOISY], [UNCERTAIN, UNCERTAIN, NOISY], [NOISY, CLEAN, NOISY]],
                              dtype=torch.int8)
-    result = correct_labels(OBSERVED, probabilities, z_tilde, partition, mean_clean, mean_noisy, tau=0.02)
+    result = correct_labels(observed=OBSERVED, probabilities=probabilities, z_tilde=z_tilde, partition=partition,
+                            mean_clean=mean_clean, mean_noisy=mean_noisy, tau=0.02)
 
     def u(z):
         return min(max((z - 0.2) / (0.6 - 0.2 + 1e-6), 0.0), 1.0)
@@ -88,7 +87,8 @@ def test_negative_candidate_in_clean_set_is_zero_and_nan_means_of_fallback_are_h
     probabilities = torch.full((3, 3), 0.9)
     z_tilde = torch.zeros(3, 3, dtype=torch.float64)
     nan = torch.full((3, 3), float("nan"), dtype=torch.float64)  # fallback groups: all clean, μ NaN
-    result = correct_labels(OBSERVED, probabilities, z_tilde, torch.zeros(3, 3, dtype=torch.int8), nan, nan, 0.02)
+    result = correct_labels(observed=OBSERVED, probabilities=probabilities, z_tilde=z_tilde,
+                            partition=torch.zeros(3, 3, dtype=torch.int8), mean_clean=nan, mean_noisy=nan, tau=0.02)
     assert torch.equal(result.corrected, OBSERVED.float())
     assert not torch.isnan(result.uncertainty).any()
 
@@ -101,57 +101,15 @@ def test_uncertainty_score_formula():
 
 def test_shape_mismatch_is_rejected():
     with pytest.raises(CorrectionError, match="z_tilde"):
-        correct_labels(OBSERVED, torch.rand(3, 3), torch.rand(2, 3), torch.zeros(3, 3), torch.zeros(3, 3),
-                       torch.ones(3, 3), 0.02)
+        correct_labels(observed=OBSERVED, probabilities=torch.rand(3, 3), z_tilde=torch.rand(2, 3),
+                       partition=torch.zeros(3, 3), mean_clean=torch.zeros(3, 3), mean_noisy=torch.ones(3, 3),
+                       tau=0.02)
     with pytest.raises(CorrectionError, match="denominator"):
         cooccurrence_matrix(OBSERVED, denominator="diagonal")
 
 
-# --- diagnostics ---------------------------------------------------------------------------------
-CLEAN_LABELS = torch.tensor([[1, 0, 0], [0, 1, 1]])
-NOISY_LABELS = torch.tensor([[1, 1, 0], [0, 0, 1]])       # flips: (0,1) 0→1, (1,1) 1→0
-FLIPS = NOISY_LABELS != CLEAN_LABELS
-
-
-def test_correction_diagnostics_hand_computed():
-    corrected = torch.tensor([[0.9, 0.3, 0.6], [0.2, 0.7, 0.4]])       # hard [[1,0,1],[0,1,0]]
-    partition = torch.tensor([[CLEAN, NOISY, UNCERTAIN], [CLEAN, NOISY, NOISY]])
-    predictions = torch.tensor([[0.8, 0.7, 0.1], [0.3, 0.2, 0.9]])     # hard [[1,1,0],[0,0,1]]
-    metrics = correction_diagnostics(corrected, NOISY_LABELS, CLEAN_LABELS, FLIPS, partition, predictions)
-    assert set(metrics) == set(CORRECTION_METRIC_NAMES)
-    expected = {
-        "correction/accuracy_corrected": 4 / 6, "correction/accuracy_observed": 4 / 6,
-        "correction/accuracy_clean_pairs": 0.5, "correction/accuracy_noisy_corrected": 1.0,
-        "correction/accuracy_noisy_uncorrected": 0.0,
-        "correction/accuracy_clean_positive": 0.5, "correction/accuracy_clean_negative": 0.5,
-        "correction/accuracy_noisy_positive": 1.0, "correction/accuracy_noisy_negative": 1.0,
-        "correction/size_clean": 2, "correction/size_uncertain": 1, "correction/size_noisy": 3,
-        "correction/noisy_set_recall": 1.0, "correction/noisy_set_precision": 2 / 3,
-        "correction/active": True,
-    }
-    for name, value in expected.items():
-        assert metrics[name] == pytest.approx(value), name
-
-
-def test_correction_diagnostics_without_correction_reports_only_observed_and_model():
-    predictions = torch.tensor([[0.8, 0.1, 0.1], [0.3, 0.9, 0.9]])     # flipped pairs predicted correctly
-    metrics = correction_diagnostics(None, NOISY_LABELS, CLEAN_LABELS, FLIPS, None, predictions)
-    assert metrics["correction/accuracy_observed"] == pytest.approx(4 / 6)
-    assert metrics["correction/accuracy_noisy_uncorrected"] == 1.0
-    assert metrics["correction/active"] is False
-    for name in CORRECTION_METRIC_NAMES:
-        if name not in ("correction/accuracy_observed", "correction/accuracy_noisy_uncorrected",
-                        "correction/active"):
-            assert math.isnan(metrics[name]), name
-
-
-def test_correction_diagnostics_checks_flip_mask_and_empty_sets_are_nan():
-    with pytest.raises(CorrectionError, match="flip_mask"):
-        correction_diagnostics(None, NOISY_LABELS, CLEAN_LABELS, ~FLIPS, None, torch.zeros(2, 3))
-    no_flips = torch.zeros(2, 3, dtype=torch.bool)
-    metrics = correction_diagnostics(CLEAN_LABELS.float(), CLEAN_LABELS, CLEAN_LABELS, no_flips,
-                                     torch.zeros(2, 3, dtype=torch.int8), torch.zeros(2, 3))
-    assert math.isnan(metrics["correction/accuracy_noisy_corrected"])
-    assert math.isnan(metrics["correction/noisy_set_precision"])   # empty noisy set
-    assert math.isnan(metrics["correction/noisy_set_recall"])      # no flipped pairs
-    assert metrics["correction/accuracy_corrected"] == 1.0
+def test_correct_labels_takes_its_same_shape_tensors_by_keyword_only():
+    """Seven N×L tensors in a row are easy to swap silently; positional calls are refused."""
+    half = torch.full((3, 3), 0.5)
+    with pytest.raises(TypeError):
+        correct_labels(OBSERVED, half, half, torch.zeros(3, 3, dtype=torch.int8), half * 0, half + 0.5, 0.02)

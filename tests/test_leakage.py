@@ -29,8 +29,8 @@ import trainables.loop as loop_module
 from data.noise import NOISE_MODELS, NoiseResult, apply_noise
 from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER
 from trainables.config import TrialConfig
-from trainables.correction import correction_diagnostics
 from trainables.methods import METHODS, build_method
+from trainables.metrics import correction_diagnostics
 from trainables.statistics import PairStatistics
 
 TRIAL = dict(epochs=1, warmup_epochs=0, batch_size=16, hidden_size=16, fusion_layers=1, fusion_heads=2,

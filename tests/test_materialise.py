@@ -1,4 +1,4 @@
-"""Materialised cohort directory (CONTRACTS layout): files, manifest, content hash, reuse."""
+"""Materialised cohort directory (ARCHITECTURE §5): files, manifest, content hash, reuse."""
 from __future__ import annotations
 
 import numpy as np

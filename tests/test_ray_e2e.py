@@ -81,11 +81,15 @@ def _grid_arguments(cohort, storage, *extra, epochs=TINY["epochs"]):
             "--storage", str(storage), *extra]
 
 
-def test_grid_two_trials_with_two_ddp_workers(ray_session, tiny_cohort, tmp_path):
+def test_grid_two_trials_with_two_ddp_workers(ray_session, tiny_cohort, tmp_path, capsys):
     from grid.run import main
 
     assert main(_grid_arguments(tiny_cohort, tmp_path, "--workers-per-trial", "2")) == 0
     experiment = tmp_path / "lambda_cons"
+    printed = capsys.readouterr().out      # the paths the README promises, each printed
+    for line in (f"experiment: {experiment}", f"results: {experiment / 'results.parquet'}",
+                 f"report: {experiment / 'report.md'}", f"figures: {experiment / 'figures'}"):
+        assert line in printed, (line, printed[-2000:])
     frame = pd.read_parquet(experiment / "results.parquet")
     assert len(frame) == 2 * TINY["epochs"]
     assert sorted(frame["config/lambda_cons"].unique()) == [0.0, 0.1]

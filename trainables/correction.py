@@ -1,39 +1,21 @@
 """MIRACL's joint label correction (paper Eqs. 4–8 = 12–14, Appendix D; METHOD §5).
 
 The method only ever sees the *observed* (noisy) labels ỹ, the model probabilities p, the
-selection metric Z̃ and the GMM partition. `correction_diagnostics` (which also takes the
-clean labels and the flip mask) is evaluation code the training loop calls *outside* the
-method, to fill the ``correction/*`` columns of results.parquet.
+selection metric Z̃ and the GMM partition. The evaluation of a correction against the clean
+labels (`trainables.metrics.correction_diagnostics`) lives with the other metrics, outside
+the method.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
-from trainables.gmm import CLEAN, NOISY, UNCERTAIN
+from trainables.gmm import NOISY, UNCERTAIN
 
 EPSILON = 1e-6
 COOCCURRENCE_DENOMINATORS = ("off_diagonal", "all_labels")
 
-CORRECTION_METRIC_NAMES = (
-    "correction/accuracy_corrected",
-    "correction/accuracy_observed",
-    "correction/accuracy_clean_pairs",
-    "correction/accuracy_noisy_corrected",
-    "correction/accuracy_noisy_uncorrected",
-    "correction/accuracy_clean_positive",
-    "correction/accuracy_clean_negative",
-    "correction/accuracy_noisy_positive",
-    "correction/accuracy_noisy_negative",
-    "correction/size_clean",
-    "correction/size_uncertain",
-    "correction/size_noisy",
-    "correction/noisy_set_recall",
-    "correction/noisy_set_precision",
-    "correction/active",
-)
 
 
 class CorrectionError(ValueError):
@@ -82,7 +64,7 @@ def uncertainty_score(z_tilde: torch.Tensor, mean_clean: torch.Tensor, mean_nois
     return ((z_tilde - mean_clean) / (mean_noisy - mean_clean + epsilon)).clamp(0.0, 1.0)
 
 
-def correct_labels(observed: torch.Tensor, probabilities: torch.Tensor, z_tilde: torch.Tensor,
+def correct_labels(*, observed: torch.Tensor, probabilities: torch.Tensor, z_tilde: torch.Tensor,
                    partition: torch.Tensor, mean_clean: torch.Tensor, mean_noisy: torch.Tensor,
                    tau: float, cooccurrence: torch.Tensor | None = None,
                    epsilon: float = EPSILON) -> CorrectionResult:
@@ -121,55 +103,3 @@ def correct_labels(observed: torch.Tensor, probabilities: torch.Tensor, z_tilde:
     corrected = torch.where(positive | candidates, by_set, torch.zeros_like(by_set))
     return CorrectionResult(corrected=corrected.float(), uncertainty=uncertainty.nan_to_num(0.0).float(),
                             negative_candidates=candidates, support=support.float())
-
-
-# ----------------------------------------------------------------------------------------
-def _accuracy(agree: torch.Tensor, mask: torch.Tensor) -> float:
-    total = int(mask.sum())
-    return float((agree & mask).sum()) / total if total else math.nan
-
-
-def correction_diagnostics(corrected: torch.Tensor | None, observed: torch.Tensor, clean: torch.Tensor,
-                           flip_mask: torch.Tensor, partition: torch.Tensor | None,
-                           predictions: torch.Tensor, active: bool | None = None) -> dict[str, float | int | bool]:
-    """The ``correction/*`` metrics of CONTRACTS over all train pairs (METHOD §8, Fig. 4). Inputs N×L.
-
-    corrected    soft corrected labels (hard = corrected > 0.5), or None for a method/epoch
-                 without correction (then every corrected-label metric and the set sizes are NaN)
-    observed     observed noisy labels; clean: clean labels; flip_mask: observed != clean
-    partition    0/1/2 sets (Eq. 3) or None
-    predictions  model probabilities p (hard = p > 0.5), for accuracy_noisy_uncorrected
-    active       correction applied this epoch (default: corrected is not None)
-
-    accuracy_{clean,noisy}_{positive,negative}: corrected == clean on the not-flipped /
-    flipped pairs whose *observed* label is positive / negative. noisy_set_recall =
-    |noisy set ∩ flipped| / |flipped|, precision = |noisy set ∩ flipped| / |noisy set|.
-    Empty denominators give NaN.
-    """
-    observed_positive = observed > 0.5
-    clean_positive = clean > 0.5
-    flipped = flip_mask.bool()
-    if not torch.equal(flipped, observed_positive != clean_positive):
-        raise CorrectionError("correction_diagnostics: flip_mask must equal (observed != clean)")
-    everything = torch.ones_like(flipped)
-    metrics: dict[str, float | int | bool] = {name: math.nan for name in CORRECTION_METRIC_NAMES}
-    metrics["correction/accuracy_observed"] = _accuracy(observed_positive == clean_positive, everything)
-    metrics["correction/accuracy_noisy_uncorrected"] = _accuracy((predictions > 0.5) == clean_positive, flipped)
-    if corrected is not None:
-        agree = (corrected > 0.5) == clean_positive
-        metrics["correction/accuracy_corrected"] = _accuracy(agree, everything)
-        metrics["correction/accuracy_clean_pairs"] = _accuracy(agree, ~flipped)
-        metrics["correction/accuracy_noisy_corrected"] = _accuracy(agree, flipped)
-        metrics["correction/accuracy_clean_positive"] = _accuracy(agree, ~flipped & observed_positive)
-        metrics["correction/accuracy_clean_negative"] = _accuracy(agree, ~flipped & ~observed_positive)
-        metrics["correction/accuracy_noisy_positive"] = _accuracy(agree, flipped & observed_positive)
-        metrics["correction/accuracy_noisy_negative"] = _accuracy(agree, flipped & ~observed_positive)
-    if partition is not None:
-        noisy_set = partition == NOISY
-        metrics["correction/size_clean"] = int((partition == CLEAN).sum())
-        metrics["correction/size_uncertain"] = int((partition == UNCERTAIN).sum())
-        metrics["correction/size_noisy"] = int(noisy_set.sum())
-        metrics["correction/noisy_set_recall"] = _accuracy(noisy_set, flipped)
-        metrics["correction/noisy_set_precision"] = _accuracy(flipped, noisy_set)
-    metrics["correction/active"] = bool(corrected is not None) if active is None else bool(active)
-    return metrics

@@ -49,15 +49,34 @@ def all_gather_variable(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
     return [piece[:n] for piece, n in zip(pieces, lengths)]
 
 
+class _AllGatherWithGradient(torch.autograd.Function):
+    """all_gather of equal-shape tensors whose backward hands each rank the sum, over all ranks,
+    of the gradients with respect to its own piece (what the global-batch loss asks for).
+
+    Written on `dist.all_gather`/`dist.all_reduce` (both supported by gloo and nccl) instead of
+    `torch.distributed.nn.functional.all_gather`, which torch deprecates.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        pieces = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(pieces, tensor.contiguous())
+        return tuple(pieces)
+
+    @staticmethod
+    def backward(ctx, *gradients: torch.Tensor) -> torch.Tensor:
+        summed = torch.stack([gradient.contiguous() for gradient in gradients])   # world × piece shape
+        dist.all_reduce(summed)
+        return summed[dist.get_rank()]
+
+
 def autograd_all_gather(tensor: torch.Tensor) -> Sequence[torch.Tensor]:
     """All ranks' `tensor` with gradients flowing back to each rank's own piece
-    (`torch.distributed.nn.functional.all_gather`; first dimensions may differ)."""
+    (first dimensions may differ; trailing dims must agree)."""
     if not is_distributed():
         return [tensor]
-    from torch.distributed.nn.functional import all_gather as differentiable_all_gather
-
     padded, lengths = _padded_to_longest(tensor)
-    return [piece[:n] for piece, n in zip(differentiable_all_gather(padded), lengths)]
+    return [piece[:n] for piece, n in zip(_AllGatherWithGradient.apply(padded), lengths)]
 
 
 def gather_rows(index: torch.Tensor, values: torch.Tensor, total: int) -> torch.Tensor:

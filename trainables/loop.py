@@ -39,9 +39,8 @@ from trainables import distributed
 from trainables.backbones import BACKBONES, build_backbone
 from trainables.batching import epoch_batches, shard, shard_weight
 from trainables.config import TrialConfig
-from trainables.correction import correction_diagnostics
 from trainables.methods import METHODS, build_method
-from trainables.metrics import classification_metrics
+from trainables.metrics import classification_metrics, correction_diagnostics
 from trainables.statistics import PairStatistics
 
 logger = logging.getLogger(__name__)

@@ -171,8 +171,9 @@ class MiraclMethod(Method):
                                       min_group=config.gmm_min_group, seed=config.effective_gmm_seed,
                                       max_iterations=config.gmm_iterations)
         mean_clean, mean_noisy = mixtures.pair_means(selection.group_id)
-        result = correct_labels(self.observed, probabilities, selection.z_tilde, mixtures.partition,
-                                mean_clean, mean_noisy, tau=config.tau)
+        result = correct_labels(observed=self.observed, probabilities=probabilities, z_tilde=selection.z_tilde,
+                                partition=mixtures.partition, mean_clean=mean_clean, mean_noisy=mean_noisy,
+                                tau=config.tau)
         self.corrected = result.corrected
         diagnostics = {"gmm_fallback_groups": int(mixtures.fallback.sum()),
                        "negative_candidates": int(result.negative_candidates.sum())}

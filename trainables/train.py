@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,28 @@ from pathlib import Path
 from trainables.config import ConfigError, TrialConfig
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+# Ray loggers that only add noise to this CLI's output, and the level they are raised to in every
+# Ray worker process. ray[tune,train] ships without Ray's dashboard, so its State API is absent and
+# Train's PlacementGroupCleaner (the safety net for a controller that dies without removing its
+# placement group) warns about that every second of a run.
+RAY_NOISY_LOGGERS: dict[str, int] = {
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+}
+
+
+def quiet_ray_worker_logs() -> None:
+    """Ray `worker_process_setup_hook`: apply `RAY_NOISY_LOGGERS` in a worker process.
+
+    It also points the worker's State API client at its own cluster (``RAY_ADDRESS``): with
+    several local Ray instances on one machine the client otherwise cannot choose one and the
+    cleaner's thread dies with a traceback instead of logging.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    for name, level in RAY_NOISY_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float):
@@ -110,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
+    ray.init(address=args.address, include_dashboard=False, log_to_driver=True,
+             runtime_env={"worker_process_setup_hook": quiet_ray_worker_logs})
     storage = str(Path(args.storage).resolve()) if "://" not in args.storage else args.storage
     name = args.name or f"{config.method}_{config.backbone}_{config.content_hash()}"
     trainer = build_trainer({"trial": config.to_flat_dict(), "cohort_dir": str(cohort),

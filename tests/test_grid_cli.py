@@ -1,0 +1,63 @@
+"""`python grid/run.py --list / --dry-run`: counts that match a run, no cohort built to look.
+
+All in-process calls of `grid.run.main`: neither --list nor --dry-run starts Ray.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from grid.run import main
+from grid.sweeps import SWEEPS
+
+
+def _listed_counts(capsys, *flags: str) -> dict[str, int]:
+    assert main(["--list", *flags]) == 0
+    rows = (re.match(r"(\S+)\s+(\d+)\s", line) for line in capsys.readouterr().out.splitlines())
+    return {row[1]: int(row[2]) for row in rows if row and row[1] in SWEEPS}
+
+
+def _dry_run_count(capsys, tmp_path, sweep: str, *flags: str) -> int:
+    assert main(["--sweep", sweep, "--dry-run", "--storage", str(tmp_path / "runs"), *flags]) == 0
+    out = capsys.readouterr().out
+    announced = int(re.search(rf"sweep {sweep}: (\d+) trials", out)[1])
+    listed = int(re.search(r"^(\d+) trials$", out, re.MULTILINE)[1])
+    assert announced == listed
+    return listed
+
+
+@pytest.mark.parametrize("preset_flags", [(), ("--preset", "paper")], ids=["quick", "paper"])
+def test_list_counts_what_a_dry_run_of_the_same_preset_expands(capsys, tmp_path, preset_flags):
+    listed = _listed_counts(capsys, *preset_flags)
+    assert set(listed) == set(SWEEPS)
+    for sweep, count in listed.items():
+        assert _dry_run_count(capsys, tmp_path, sweep, *preset_flags) == count, sweep
+
+
+def test_list_counts_follow_the_preset_seeds(capsys):
+    quick, paper = _listed_counts(capsys), _listed_counts(capsys, "--preset", "paper")
+    # Fig. 3 grid: 2 noise settings × 6 λ_cons values × seeds (quick 30/40, paper 30/40/100)
+    assert (quick["lambda_cons"], paper["lambda_cons"]) == (2 * 6 * 2, 2 * 6 * 3)
+    assert quick["stability"] == paper["stability"] == 5          # Table 9 pins its own seed
+
+
+def test_dry_run_builds_no_cohort(capsys, tmp_path):
+    assert _dry_run_count(capsys, tmp_path, "lambda_cons") == 24
+    assert not (tmp_path / "runs").exists(), "a dry run wrote under --storage"
+
+
+def test_unknown_sweep_fails_before_any_cohort_is_built(capsys, tmp_path):
+    code = main(["--sweep", "nosuch", "--dry-run", "--storage", str(tmp_path / "runs"),
+                 "--cohort-cache", str(tmp_path / "cohorts")])
+    assert code == 2
+    assert "unknown sweep 'nosuch'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cohorts").exists()
+
+
+def test_bad_trial_value_fails_before_the_cohort_of_a_real_run(capsys, tmp_path):
+    """Not a dry run: a bad --set value must stop the run before the (minutes-long) cohort build."""
+    code = main(["--sweep", "lambda_cons", "--set", "alpha=-1", "--storage", str(tmp_path / "runs")])
+    assert code == 2
+    assert "alpha" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
