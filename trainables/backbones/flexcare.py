@@ -146,8 +146,8 @@ class FusionLayout:
     def pack(self, prefix: torch.Tensor, ehr: torch.Tensor, note: torch.Tensor) -> torch.Tensor:
         """prefix B×4×F, ehr B×T×F, note B×S×F -> the packed real rows M×F."""
         width = prefix.shape[-1]
-        return torch.cat([prefix.reshape(-1, width), ehr.reshape(-1, width)[self.ehr_rows],
-                          note.reshape(-1, width)[self.note_rows]], dim=0)
+        return torch.cat([prefix.reshape(-1, width), ehr.reshape(-1, width).index_select(0, self.ehr_rows),
+                          note.reshape(-1, width).index_select(0, self.note_rows)], dim=0)
 
     def unpack(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Packed rows M×F -> (prefix B×4×F, ehr B×T×F, note B×S×F), zero at padded positions."""
@@ -161,18 +161,17 @@ class FusionLayout:
 
 def block_attention(attention: MultiHeadAttention, rows: torch.Tensor, layout: FusionLayout) -> torch.Tensor:
     """Self-attention of the packed rows M×H under the FlexCare mask, one block at a time -> M×H."""
-    query = attention.query(rows)
-    key, value = attention.key_value(rows).chunk(2, dim=-1)
-    heads = [[attention.split_heads(part) for part in layout.unpack(projected)]
-             for projected in (query, key, value)]
-    (prefix_q, ehr_q, note_q), (prefix_k, ehr_k, note_k), (prefix_v, ehr_v, note_v) = heads
+    weight = torch.cat([attention.query.weight, attention.key_value.weight], dim=0)     # 3H×H
+    bias = torch.cat([attention.query.bias, attention.key_value.bias], dim=0)
+    blocks = layout.unpack(functional.linear(rows, weight, bias))      # [q | k | v] per block
+    (prefix_q, prefix_k, prefix_v), (ehr_q, ehr_k, ehr_v), (note_q, note_k, note_v) = (
+        [attention.split_heads(part) for part in block.chunk(3, dim=-1)] for block in blocks)
     every_key = torch.cat([prefix_k, ehr_k, note_k], dim=2)
     every_value = torch.cat([prefix_v, ehr_v, note_v], dim=2)
     prefix = attention.attend(prefix_q, every_key, every_value, layout.prefix_allowed)
     ehr = attention.attend(ehr_q, ehr_k, ehr_v, layout.ehr_keys)
     note = attention.attend(note_q, note_k, note_v, layout.note_keys)
     return attention.output(layout.pack(prefix, ehr, note))
-
 
 class NoisyTopKExperts(nn.Module):
     """Sparsely-gated mixture of MLP experts (Shazeer et al. 2017) with a query-conditioned gate.
