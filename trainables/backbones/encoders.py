@@ -7,8 +7,8 @@
   kernel, one direction at a time: the forward direction reads the real steps first anyway,
   and the reverse direction runs forward over each series reversed *within its length*
   (`reverse_within_length`), so it too never reads padding before a real step. Outputs and
-  final states equal a ``PackedSequence`` run (ATen's step-by-step kernel, ~2× slower in
-  training on CPU) up to float rounding.
+  final states equal a ``PackedSequence`` run (ATen's step-by-step kernel, ~1.7× slower
+  forward + backward on CPU) up to float rounding.
 * `NoteEncoder`: the frozen text encoder ran once per dataset (`data.text_features`); here its
   cached token features B×S×D are only projected (Linear + LayerNorm) to B×S×H and mean-pooled
   over the real tokens.
@@ -17,8 +17,11 @@ A missing modality (``has_* False`` or length 0) gets an all-False token mask an
 vector; the LSTM still runs over its (zero) padding and those outputs are masked out.
 
 `MultiHeadAttention` / `TransformerLayer` take a per-instance boolean mask (True = may attend)
-and run `torch.nn.functional.scaled_dot_product_attention`, so no B×heads×N×N weight tensor is
-kept on devices with fused kernels. Callers must leave every query row at least one key.
+and run `torch.nn.functional.scaled_dot_product_attention` (its fused kernels) whenever no
+attention dropout applies; in training with dropout they form the attention weights explicitly,
+as SDPA's math kernel would, so the dropout mask comes from `trainables.backbones.dropout`.
+Callers must leave every query row at least one key. All dropout of the backbones is
+`trainables.backbones.dropout` (same operation as PyTorch's, faster CPU masks).
 """
 from __future__ import annotations
 
