@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as functional
 
 from trainables.backbones import BACKBONES, BackboneOutput, build_backbone
-from trainables.backbones.flexcare import (FlexCareBackbone, NoisyTopKExperts, balance_loss, cv_squared,
+from trainables.backbones.flexcare import (FusionLayout, NoisyTopKExperts, balance_loss, cv_squared,
                                            orthogonality_loss)
 from trainables.backbones.m3care import impute_from_neighbours
 from trainables.config import TrialConfig
@@ -282,24 +282,33 @@ def test_orthogonality_loss_hand_cases():
     torch.testing.assert_close(orthogonality_loss(batch, mixed), torch.tensor(0.5))
 
 
-def test_flexcare_attention_mask_structure():
+def test_flexcare_layout_masks_hand_case():
     ehr_mask = torch.tensor([[True, False], [False, False]])
     note_mask = torch.tensor([[True], [True]])
-    allowed = FlexCareBackbone.attention_mask(ehr_mask, note_mask)
-    # order: task, c_both, c_ehr, c_note, ehr0, ehr1, note0
-    expected_first = torch.tensor([
+    layout = FusionLayout.of(ehr_mask, note_mask)
+    allowed = torch.isfinite(layout.prefix_allowed)
+    # prefix rows over [task, c_both, c_ehr, c_note, ehr0, ehr1, note0]
+    assert torch.equal(allowed[0], torch.tensor([
         [1, 1, 1, 1, 1, 0, 1],
         [0, 1, 0, 0, 1, 0, 1],
         [0, 0, 1, 0, 1, 0, 0],
-        [0, 0, 0, 1, 0, 0, 1],
-        [0, 0, 0, 0, 1, 0, 0],
-        [0, 0, 0, 0, 1, 1, 0],   # a padded row: its modality and itself (never read by another row)
-        [0, 0, 0, 0, 0, 0, 1]], dtype=torch.bool)
-    assert torch.equal(allowed[0], expected_first)
-    off_diagonal = allowed[1] & ~torch.eye(7, dtype=torch.bool)
-    assert not off_diagonal[:, 4:6].any()                 # instance 1 has no series: nobody reads it
-    assert off_diagonal[:, 6].tolist() == [True, True, False, True, False, False, False]
-    assert allowed.any(dim=-1).all()                      # no empty attention row
+        [0, 0, 0, 1, 0, 0, 1]], dtype=torch.bool))
+    assert torch.equal(allowed[1], torch.tensor([      # no series: nobody reads the EHR block
+        [1, 1, 1, 1, 0, 0, 1],
+        [0, 1, 0, 0, 0, 0, 1],
+        [0, 0, 1, 0, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0, 1]], dtype=torch.bool))
+    # modality blocks: real keys; an instance without the modality attends its padded position 0
+    assert torch.isfinite(layout.ehr_keys).squeeze(1).tolist() == [[True, False], [True, False]]
+    assert torch.isfinite(layout.note_keys).squeeze(1).tolist() == [[True], [True]]
+    assert layout.ehr_rows.tolist() == [0] and layout.note_rows.tolist() == [0, 1]
+    prefix, ehr, note = torch.randn(2, 4, 3), torch.randn(2, 2, 3), torch.randn(2, 1, 3)
+    rows = layout.pack(prefix, ehr, note)
+    assert rows.shape == (8 + 1 + 2, 3)
+    back_prefix, back_ehr, back_note = layout.unpack(rows)
+    torch.testing.assert_close(back_prefix, prefix)
+    torch.testing.assert_close(back_ehr, ehr * ehr_mask[..., None])
+    torch.testing.assert_close(back_note, note)
 
 
 def test_flexcare_overfits_sixteen_instances():

@@ -116,8 +116,9 @@ def run_training(loop_config: dict, report: ReportFunction,
                            else torch.from_numpy(np.asarray(label_embeddings, dtype=np.float32)))
     model.to(device)
     parameters = list(model.parameters())
-    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate,
-                                 weight_decay=config.weight_decay)
+    # the fused kernel: one pass over all parameters instead of ~10 ops per tensor (same update)
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                 fused=device.type in ("cpu", "cuda"))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.cosine_t_max,
                                                            eta_min=config.cosine_eta_min)
     method = build_method(config, observed=observed,

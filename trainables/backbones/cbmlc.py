@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from trainables.backbones.base import Backbone, BackboneOutput
+from trainables.backbones.dropout import Dropout
 from trainables.backbones.encoders import FeedForward, MultiHeadAttention
 from trainables.config import TrialConfig
 
@@ -69,7 +70,7 @@ class LabelGraphLayer(nn.Module):
         self.self_attention = MultiHeadAttention(hidden, heads, dropout)
         self.feedforward = FeedForward(hidden, dropout)
         self.norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in range(3))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, labels: torch.Tensor, memory: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         labels = self.norms[0](labels + self.dropout(self.cross_attention(labels, memory, allowed)))

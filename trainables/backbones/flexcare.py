@@ -11,8 +11,13 @@ Sequence fed to the fusion transformer (``config.fusion_layers`` post-norm layer
   combination of the two modalities. As in FlexCare's reference model (its
   ``generate_cross_modal_mask``), a combination token attends only to itself and to the tokens
   of its own modalities, modality tokens attend only within their modality, and the task token
-  attends to every token. Key padding: padded steps and absent modalities are never attended
-  (each row may always attend itself, so no row is empty; padded rows are never read).
+  attends to every token. Key padding: padded steps and absent modalities are never attended.
+* Computed on real tokens only (`FusionLayout`): the layers' row-wise parts (projections,
+  feed-forward, norms, dropout) run on the packed real rows [4 prefix rows per instance,
+  real EHR steps, real note tokens], and the attention runs per block of the mask: EHR rows
+  over EHR keys (B×T), note rows over note keys (B×S), the 4 prefix rows over all keys
+  (B×4×N) — the same outputs as one masked N×N attention over the padded sequence, without
+  the padded rows (~1/3 of them on the embedded cohort) and the all-False off-diagonal blocks.
 * A combination token is *available* for an instance when all its modalities are present
   (both: has_series and has_note; ehr: has_series; note: has_note). Only available tokens go
   on: each is routed through a noisy top-k mixture of experts gated by the token and the task
@@ -39,13 +44,15 @@ the method adds a loss on them, and rows lacking the modality are meaningless.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as functional
 from torch import nn
 
 from trainables.backbones.base import Backbone, BackboneOutput
-from trainables.backbones.encoders import TransformerLayer
+from trainables.backbones.dropout import Dropout
+from trainables.backbones.encoders import MultiHeadAttention, TransformerLayer
 from trainables.config import TrialConfig
 
 COMBINATIONS = ("both", "ehr", "note")
@@ -79,6 +86,92 @@ def orthogonality_loss(tokens: torch.Tensor, available: torch.Tensor) -> torch.T
     counted = (available.sum(dim=1) >= 2).to(tokens.dtype)
     return (per_instance * counted).sum() / counted.sum().clamp(min=1.0)
 
+
+@dataclass
+class FusionLayout:
+    """Where the real tokens of the fusion sequence are, for a batch with B instances.
+
+    Packed rows (M = 4B + Σ EHR lengths + Σ note lengths): ``4B`` prefix rows (instance-major:
+    task, c_both, c_ehr, c_note), then the real EHR steps, then the real note tokens, each in
+    (instance, position) order. ``ehr_rows`` / ``note_rows`` index the flattened B·T / B·S
+    padded positions of those rows. The attention masks are additive (0 = may attend, −inf =
+    may not): ``ehr_keys`` B×1×T and ``note_keys`` B×1×S over the two modality blocks (real
+    positions; an instance without the modality may attend its position 0, so its discarded
+    padded rows never meet a row without keys); ``prefix_allowed`` B×4×(4+T+S) for the prefix
+    rows over [prefix, EHR block, note block].
+    """
+
+    size: int
+    steps: int
+    tokens: int
+    ehr_rows: torch.Tensor
+    note_rows: torch.Tensor
+    ehr_keys: torch.Tensor
+    note_keys: torch.Tensor
+    prefix_allowed: torch.Tensor
+
+    @classmethod
+    def of(cls, ehr_mask: torch.Tensor, note_mask: torch.Tensor) -> "FusionLayout":
+        """From the B×T EHR and B×S note masks (True = real token)."""
+        size, steps = ehr_mask.shape
+        tokens = note_mask.shape[1]
+        count = len(COMBINATIONS)
+        has_ehr, has_note = ehr_mask.any(dim=1), note_mask.any(dim=1)
+        first_ehr = torch.zeros_like(ehr_mask)
+        first_ehr[:, 0] = ~has_ehr
+        first_note = torch.zeros_like(note_mask)
+        first_note[:, 0] = ~has_note
+        # prefix rows: task attends everything real, c_both both modalities, c_ehr / c_note one
+        itself = torch.eye(1 + count, dtype=torch.bool, device=ehr_mask.device)
+        itself[0] = True
+        reads_ehr = torch.tensor([True, True, True, False], device=ehr_mask.device)
+        reads_note = torch.tensor([True, True, False, True], device=ehr_mask.device)
+        prefix_allowed = torch.cat([itself.expand(size, -1, -1),
+                                    reads_ehr[None, :, None] & ehr_mask[:, None, :],
+                                    reads_note[None, :, None] & note_mask[:, None, :]], dim=2)
+        def additive(allowed: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+        return cls(size=size, steps=steps, tokens=tokens,
+                   ehr_rows=ehr_mask.reshape(-1).nonzero().squeeze(1),
+                   note_rows=note_mask.reshape(-1).nonzero().squeeze(1),
+                   ehr_keys=additive(ehr_mask | first_ehr)[:, None],
+                   note_keys=additive(note_mask | first_note)[:, None],
+                   prefix_allowed=additive(prefix_allowed))
+
+    @property
+    def prefix_count(self) -> int:
+        return self.size * (1 + len(COMBINATIONS))
+
+    def pack(self, prefix: torch.Tensor, ehr: torch.Tensor, note: torch.Tensor) -> torch.Tensor:
+        """prefix B×4×F, ehr B×T×F, note B×S×F -> the packed real rows M×F."""
+        width = prefix.shape[-1]
+        return torch.cat([prefix.reshape(-1, width), ehr.reshape(-1, width).index_select(0, self.ehr_rows),
+                          note.reshape(-1, width).index_select(0, self.note_rows)], dim=0)
+
+    def unpack(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Packed rows M×F -> (prefix B×4×F, ehr B×T×F, note B×S×F), zero at padded positions."""
+        width = rows.shape[-1]
+        prefix_end, ehr_end = self.prefix_count, self.prefix_count + len(self.ehr_rows)
+        ehr = rows.new_zeros(self.size * self.steps, width).index_copy(0, self.ehr_rows, rows[prefix_end:ehr_end])
+        note = rows.new_zeros(self.size * self.tokens, width).index_copy(0, self.note_rows, rows[ehr_end:])
+        return (rows[:prefix_end].view(self.size, -1, width), ehr.view(self.size, self.steps, width),
+                note.view(self.size, self.tokens, width))
+
+
+def block_attention(attention: MultiHeadAttention, rows: torch.Tensor, layout: FusionLayout) -> torch.Tensor:
+    """Self-attention of the packed rows M×H under the FlexCare mask, one block at a time -> M×H."""
+    weight = torch.cat([attention.query.weight, attention.key_value.weight], dim=0)     # 3H×H
+    bias = torch.cat([attention.query.bias, attention.key_value.bias], dim=0)
+    blocks = layout.unpack(functional.linear(rows, weight, bias))      # [q | k | v] per block
+    (prefix_q, prefix_k, prefix_v), (ehr_q, ehr_k, ehr_v), (note_q, note_k, note_v) = (
+        [attention.split_heads(part) for part in block.chunk(3, dim=-1)] for block in blocks)
+    every_key = torch.cat([prefix_k, ehr_k, note_k], dim=2)
+    every_value = torch.cat([prefix_v, ehr_v, note_v], dim=2)
+    prefix = attention.attend(prefix_q, every_key, every_value, layout.prefix_allowed)
+    ehr = attention.attend(ehr_q, ehr_k, ehr_v, layout.ehr_keys)
+    note = attention.attend(note_q, note_k, note_v, layout.note_keys)
+    return attention.output(layout.pack(prefix, ehr, note))
 
 class NoisyTopKExperts(nn.Module):
     """Sparsely-gated mixture of MLP experts (Shazeer et al. 2017) with a query-conditioned gate.
@@ -157,46 +250,24 @@ class FlexCareBackbone(Backbone):
         self.pool_score = nn.Sequential(nn.Linear(2 * hidden, hidden, bias=False), nn.Tanh(),
                                         nn.Linear(hidden, 1, bias=False))
         self.pool_norm = nn.LayerNorm(hidden)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.head = nn.Linear(2 * hidden, num_labels)
         self.ehr_head = nn.Linear(hidden, num_labels)
         self.note_head = nn.Linear(hidden, num_labels)
-
-    @staticmethod
-    def attention_mask(ehr_mask: torch.Tensor, note_mask: torch.Tensor) -> torch.Tensor:
-        """B×N×N bool (True = row may attend column) for the sequence of the module docstring."""
-        size, steps = ehr_mask.shape
-        tokens = note_mask.shape[1]
-        prefix = 1 + len(COMBINATIONS)
-        length = prefix + steps + tokens
-        device = ehr_mask.device
-        region = torch.zeros(length, dtype=torch.long, device=device)   # 0 prefix, 1 EHR, 2 note
-        region[prefix:prefix + steps] = 1
-        region[prefix + steps:] = 2
-        is_ehr, is_note = region == 1, region == 2
-        structure = torch.zeros(length, length, dtype=torch.bool, device=device)
-        structure[0] = True                                    # task token: everything
-        structure[1] = is_ehr | is_note                        # c_both: both modalities
-        structure[2] = is_ehr                                  # c_ehr
-        structure[3] = is_note                                 # c_note
-        structure[prefix:prefix + steps] = is_ehr              # EHR tokens: within EHR
-        structure[prefix + steps:] = is_note                   # note tokens: within the note
-        valid_key = torch.cat([torch.ones(size, prefix, dtype=torch.bool, device=device), ehr_mask, note_mask], 1)
-        diagonal = torch.eye(length, dtype=torch.bool, device=device)
-        return (structure[None] & valid_key[:, None, :]) | diagonal[None]
 
     def forward(self, batch: dict) -> BackboneOutput:
         encoded = self.encode(batch)
         size = encoded.ehr_tokens.shape[0]
         hidden = self.hidden_size
         prefix = torch.cat([self.task_token[None], self.combination_tokens], 0).expand(size, -1, -1)
-        sequence = torch.cat([prefix, encoded.ehr_tokens + self.modality_types[0],
-                              encoded.note_tokens + self.modality_types[1]], dim=1)
-        allowed = self.attention_mask(encoded.ehr_mask, encoded.note_mask)
+        layout = FusionLayout.of(encoded.ehr_mask, encoded.note_mask)
+        rows = layout.pack(prefix, encoded.ehr_tokens + self.modality_types[0],
+                           encoded.note_tokens + self.modality_types[1])
         for layer in self.fusion:
-            sequence = layer(sequence, allowed)
-        task = sequence[:, 0]                                            # B×H
-        combinations = sequence[:, 1:1 + len(COMBINATIONS)]              # B×K×H
+            rows = layer.transform(rows, lambda rows, layer=layer: block_attention(layer.attention, rows, layout))
+        fused_prefix = rows[:layout.prefix_count].view(size, -1, hidden)
+        task = fused_prefix[:, 0]                                        # B×H
+        combinations = fused_prefix[:, 1:]                               # B×K×H
         available = torch.stack([encoded.has_series & encoded.has_note, encoded.has_series,
                                  encoded.has_note], dim=1)               # B×K
         count = len(COMBINATIONS)

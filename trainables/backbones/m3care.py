@@ -28,6 +28,7 @@ import torch.nn.functional as functional
 from torch import nn
 
 from trainables.backbones.base import Backbone, BackboneOutput
+from trainables.backbones.dropout import Dropout
 from trainables.backbones.encoders import TransformerLayer
 from trainables.config import TrialConfig
 
@@ -67,7 +68,7 @@ class M3CareBackbone(Backbone):
             nn.init.trunc_normal_(parameter, std=0.02)
         self.fusion = nn.ModuleList(TransformerLayer(hidden, config.fusion_heads, config.dropout)
                                     for _ in range(FUSION_LAYERS))
-        self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Dropout(config.dropout),
+        self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), Dropout(config.dropout),
                                   nn.Linear(hidden, num_labels))
 
     def similarity(self, embeddings: list[torch.Tensor], present: list[torch.Tensor]):

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from trainables.backbones.base import Backbone, BackboneOutput
+from trainables.backbones.dropout import Dropout
 from trainables.config import TrialConfig
 
 
@@ -33,7 +34,7 @@ class MedFuseBackbone(Backbone):
         for parameter in (self.modality_types, self.empty_embedding):
             nn.init.trunc_normal_(parameter, std=0.02)
         self.fusion = nn.LSTM(hidden, hidden, batch_first=True)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.head = nn.Linear(hidden, num_labels)
 
     def forward(self, batch: dict) -> BackboneOutput:
