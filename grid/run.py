@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.sweep:
         print("error: --sweep NAME is required (see --list)", file=sys.stderr)
         return 2
-    preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
+    preset = args.preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
     if args.workers_per_trial is None:
         args.workers_per_trial = 0 if preset == "quick" else 1
     if args.workers_per_trial < 0:
@@ -200,7 +200,7 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
     with tempfile.TemporaryDirectory() as scratch:
         local = fetch_result_files(experiment_dir, scratch) if "://" in experiment_dir else experiment_dir
         frame = collect_experiment(local, sweep=args.sweep, statuses=statuses,
-                                   provenance=sweep_provenance(manifest))
+                                   provenance=sweep_provenance(manifest, preset=args.preset))
     frame["experiment"] = experiment
     results_path = write_results(frame, experiment_dir)
     print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; results: {results_path}")
