@@ -47,7 +47,7 @@ def library_versions() -> dict[str, str]:
 
 def data_source(manifest: dict) -> str:
     """What the cohort is, for report captions: 'synthetic cohort (400 patients, 690 stays)' or
-    'mimic3-benchmarks-phenotyping extract (41904 stays, 33798 patients)'."""
+    'mimic3-benchmarks-phenotyping extract (33798 patients, 41904 stays)'."""
     source = manifest.get("source", {})
     size = f"{manifest.get('num_patients', '?')} patients, {manifest.get('num_stays', '?')} stays"
     if "synthetic" in source:
