@@ -206,7 +206,9 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
     print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; results: {results_path}")
     if failed:
         print(f"{len(failed)} trial(s) failed after retries:", *failed, sep="\n  ", file=sys.stderr)
-    if not args.no_report and "://" not in experiment_dir:
+    if frame.empty:
+        print("no trial reported an epoch; no report", file=sys.stderr)
+    elif not args.no_report and "://" not in experiment_dir:
         from analysis.report import write_report
 
         report = write_report(experiment_dir, allow_partial=bool(failed))
