@@ -30,7 +30,7 @@ DATA_SOURCE_COLUMN = "provenance/data_source"
 PRESET_COLUMN = "provenance/preset"
 
 MEMORISATION_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("train/fit_flipped", "fits flipped ỹ"), ("train/fit_clean", "fits clean ỹ"))
+    ("correction/fit_flipped", "fits flipped ỹ"), ("correction/fit_clean", "fits clean ỹ"))
 SELECTION_SIGNAL_LABELS: tuple[tuple[str, str], ...] = (
     ("rank", "rank R"), ("difficulty_durations", "difficulty (durations)"),
     ("difficulty_events", "difficulty (events)"), ("bce", "per-pair BCE"), ("z_tilde", "Z̃"))
@@ -183,7 +183,7 @@ def findings(frame: pd.DataFrame, *, reference: str, comparator: str, metric: st
                 peak = peaks.loc[(method, setting)]
                 parts.append(f"{method} peaks at epoch {int(peak['peak_epoch'])} ({peak['peak_mean']:.3f}) and ends "
                              f"{peak['last_mean'] - peak['peak_mean']:+.3f} below it.")
-        fits = [(method, _last_mean(finals, method, setting, "train/fit_flipped")) for method in (comparator, reference)]
+        fits = [(method, _last_mean(finals, method, setting, "correction/fit_flipped")) for method in (comparator, reference)]
         if all(np.isfinite(value) for _, value in fits):
             parts.append("At the last epoch the model fits the flipped observed label on "
                          + ", ".join(f"{100 * value:.0f} % ({method})" for method, value in fits)

@@ -288,12 +288,12 @@ def _diagnostics_sections(writer: _Writer, frame: pd.DataFrame, sweep: str, fact
                       f"{sweep}_epoch_{slug(metric)}",
                       f"Test {metric_name(metric)} per epoch, mean ± std across seeds — {context}{where}")
         writer.table(epoch_peak_table(rows, metric, context=context + where), prefix=sweep)
-    if has_columns(rows, ["train/fit_flipped"]):
+    if has_columns(rows, ["correction/fit_flipped"]):
         writer.heading(3, "Memorisation of the flipped labels")
         writer.add("Share of train pairs whose observed label the model fits, (p > 0.5) == ỹ: flipped pairs "
                    "(solid; fitting them is memorising the noise) and clean pairs (dotted).", "")
-        writer.figure(method_epoch_plot(rows, "train/fit_flipped", ylabel="share of pairs fitting ỹ",
-                                        second="train/fit_clean", second_label="(clean pairs)"),
+        writer.figure(method_epoch_plot(rows, "correction/fit_flipped", ylabel="share of pairs fitting ỹ",
+                                        second="correction/fit_clean", second_label="(clean pairs)"),
                       f"{sweep}_memorisation", f"Memorisation per epoch, mean ± std across seeds — {context}{where}")
         writer.table(diagnostics_table(finals, MEMORISATION_COLUMNS, name="memorisation",
                                        title="Memorisation at the last epoch",

@@ -170,8 +170,8 @@ def lambda_with_baseline_frame(epochs=4):
                         record.update({"is_last_epoch": epoch == epochs,
                                        "provenance/data_source": "synthetic cohort (350 patients, 606 stays)",
                                        "provenance/preset": "quick",
-                                       "train/fit_flipped": (0.2 if arm[0] == "miracl" else 0.1 * epoch),
-                                       "train/fit_clean": 0.9, "train/same_patient_share": 0.03,
+                                       "correction/fit_flipped": (0.2 if arm[0] == "miracl" else 0.1 * epoch),
+                                       "correction/fit_clean": 0.9, "train/same_patient_share": 0.03,
                                        "correction/flip_rate_pos": 0.5, "correction/flip_rate_neg": 0.1,
                                        "correction/auc_bce_pos": 0.6, "correction/auc_bce_neg": 0.62,
                                        "correction/auc_rank_pos": 0.65, "correction/auc_rank_neg": 0.55})

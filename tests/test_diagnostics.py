@@ -22,9 +22,9 @@ P = torch.tensor([[0.9, 0.2], [0.1, 0.7], [0.3, 0.8]])
 def test_memorisation_shares_by_hand():
     # fits ỹ: (0,0) 0.9 vs 0 no; (0,1) yes; (1,0) yes; (1,1) 0.7 vs 1 yes; (2,0) 0.3 vs 0 yes; (2,1) yes
     metrics = memorisation_metrics(P, OBSERVED, FLIPPED)
-    assert metrics["train/fit_flipped"] == pytest.approx(2 / 3)       # (1,1) and (2,0) memorised, (0,0) not
-    assert metrics["train/fit_clean"] == pytest.approx(1.0)
-    assert math.isnan(memorisation_metrics(P, CLEAN_Y, torch.zeros_like(FLIPPED))["train/fit_flipped"])
+    assert metrics["correction/fit_flipped"] == pytest.approx(2 / 3)       # (1,1) and (2,0) memorised, (0,0) not
+    assert metrics["correction/fit_clean"] == pytest.approx(1.0)
+    assert math.isnan(memorisation_metrics(P, CLEAN_Y, torch.zeros_like(FLIPPED))["correction/fit_flipped"])
 
 
 def test_correction_error_metrics_by_hand():

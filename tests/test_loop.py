@@ -109,7 +109,7 @@ def test_selection_pass_eval_changes_the_statistics_not_the_training(tiny_cohort
     train, _, _ = _run(tiny_cohort, epochs=2, warmup_epochs=1)
     evaluated, _, _ = _run(tiny_cohort, epochs=2, warmup_epochs=1, selection_pass="eval")
     assert evaluated[0]["test/mAP"] == train[0]["test/mAP"]
-    assert evaluated[0]["train/fit_flipped"] != train[0]["train/fit_flipped"]
+    assert evaluated[0]["correction/fit_flipped"] != train[0]["correction/fit_flipped"]
     assert evaluated[0]["correction/auc_bce_pos"] != train[0]["correction/auc_bce_pos"]
     assert evaluated[1]["correction/accuracy_corrected"] != train[1]["correction/accuracy_corrected"]
 
@@ -117,7 +117,7 @@ def test_selection_pass_eval_changes_the_statistics_not_the_training(tiny_cohort
 def test_every_epoch_reports_the_mechanism_diagnostics(tiny_cohort):
     history, _, _ = _run(tiny_cohort, epochs=3, warmup_epochs=2)
     warmup, corrected = history[0], history[-1]        # selection starts at the end of warm-up (epoch 2)
-    for key in ("train/fit_flipped", "train/fit_clean", "train/same_patient_share", "correction/flip_rate_pos",
+    for key in ("correction/fit_flipped", "correction/fit_clean", "train/same_patient_share", "correction/flip_rate_pos",
                 "correction/auc_rank_pos", "correction/auc_bce_neg", "correction/auc_difficulty_events_neg",
                 "correction/soft_error_observed", "correction/prediction_accuracy_noisy_positive"):
         assert 0.0 <= warmup[key] <= 1.0 and 0.0 <= corrected[key] <= 1.0, key

@@ -3,9 +3,11 @@
 Evaluation code: the training loop calls these *outside* the method with the clean train labels
 and the flip mask, which no method ever sees. Every function works on the train split's N×L
 pairs (or the epoch's batches) and returns plain ``{column: value}`` dicts that land in
-results.parquet; empty denominators give NaN.
+results.parquet; empty denominators give NaN. Columns built from the clean labels go under
+``correction/``; ``train/`` holds only what training itself sees (tests/test_leakage.py compares
+those across cohorts whose clean labels differ).
 
-- `memorisation_metrics` (``train/fit_*``): share of flipped / clean pairs whose *observed* label
+- `memorisation_metrics` (``correction/fit_*``): share of flipped / clean pairs whose *observed* label
   the model fits, ``1[(p > 0.5) == ỹ]`` — the memorisation of label noise, for every method.
 - `correction_error_metrics` (``correction/*``): Fig. 4 done against the right baseline — on
   flipped pairs, accuracy of the model's own prediction split by observed class (to set beside
@@ -42,11 +44,11 @@ def _share(mask: torch.Tensor, within: torch.Tensor) -> float:
 
 def memorisation_metrics(predictions: torch.Tensor, observed: torch.Tensor,
                          flip_mask: torch.Tensor) -> dict[str, float]:
-    """``train/fit_flipped``, ``train/fit_clean``: share of flipped / not-flipped pairs with
+    """``correction/fit_flipped``, ``correction/fit_clean``: share of flipped / not-flipped pairs with
     (p > 0.5) == ỹ. predictions, observed, flip_mask: N×L."""
     fits = (predictions > 0.5) == (observed > 0.5)
     flipped = flip_mask.bool()
-    return {"train/fit_flipped": _share(fits, flipped), "train/fit_clean": _share(fits, ~flipped)}
+    return {"correction/fit_flipped": _share(fits, flipped), "correction/fit_clean": _share(fits, ~flipped)}
 
 
 def correction_error_metrics(corrected: torch.Tensor | None, observed: torch.Tensor, clean: torch.Tensor,
