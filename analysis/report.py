@@ -217,7 +217,8 @@ def _comparison_at_default(writer: _Writer, finals: pd.DataFrame, sweep: str, pa
     the comparison table with stars and the one-sided t-tests (METHOD §12)."""
     default = PAPER_DEFAULTS.get(parameter)
     counts = finals.groupby(METHOD_LABEL)[parameter].nunique()
-    others = finals.loc[finals[METHOD_LABEL].isin(counts.index[counts <= 1])]
+    others = finals.loc[finals[METHOD_LABEL].isin(counts.index[counts <= 1])
+                        & (finals[METHOD_LABEL] != REFERENCE_METHOD)]
     mine = finals.loc[(finals[METHOD_LABEL] == REFERENCE_METHOD)
                       & np.isclose(finals[parameter].astype(float), default if default is not None else np.nan)]
     if others.empty or mine.empty:
@@ -567,10 +568,13 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
             if kind == "comparison":
                 _main_sections(writer, sweep_finals, sweep, metric, paired, sweep_missing)
             elif kind == "sensitivity":
-                if parameter not in sweep_finals.columns or sweep_finals[parameter].nunique() < 2:
-                    writer.note(f"`{parameter}` does not vary in this sweep; no sensitivity curve.")
+                if parameter not in sweep_finals.columns:
+                    writer.note(f"`{parameter}` is not in the results; no sensitivity curve.")
                     continue
-                _sensitivity_sections(writer, sweep_finals, sweep, parameter, metric)
+                if sweep_finals.groupby(METHOD_LABEL)[parameter].nunique().max() < 2:
+                    writer.note(f"`{parameter}` does not vary in this sweep; no sensitivity curve.")
+                else:
+                    _sensitivity_sections(writer, sweep_finals, sweep, parameter, metric)
                 _comparison_at_default(writer, sweep_finals, sweep, parameter, metric, paired)
             elif kind == "ablation":
                 writer.heading(3, f"Ablation: test {metric_name(metric)} (Table 4)")

@@ -232,3 +232,16 @@ def test_lambda_sweep_report_explains_itself(tmp_path):
     values = pd.read_csv(directory / "tables" / "lambda_cons_significance_default_test_mAP_values.csv")
     assert set(values["comparator"]) == {"FlexCare"}
     assert values["p_value"].iloc[-1] == pytest.approx(p_value)
+
+
+def test_lambda_sweep_at_one_value_still_compares_with_flexcare(tmp_path):
+    directory = tmp_path / "run"
+    directory.mkdir()
+    frame = lambda_with_baseline_frame()
+    frame = frame.loc[(frame["config/method"] == "bce") | (frame["config/lambda_cons"] == 0.1)]
+    frame.to_parquet(directory / "results.parquet")
+    text = write_report(directory).read_text()
+    assert "`config/lambda_cons` does not vary in this sweep; no sensitivity curve." in text
+    assert "\n### MIRACL (at λ_cons = 0.1) vs FlexCare\n" in text
+    table = pd.read_csv(directory / "tables" / "lambda_cons_comparison_default_test_mAP.csv")
+    assert table["Model"].tolist() == ["FlexCare", "MIRACL"]          # MIRACL once, not also as a baseline
