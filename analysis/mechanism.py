@@ -182,7 +182,7 @@ def findings(frame: pd.DataFrame, *, reference: str, comparator: str, metric: st
             if (method, setting) in peaks.index:
                 peak = peaks.loc[(method, setting)]
                 parts.append(f"{method} peaks at epoch {int(peak['peak_epoch'])} ({peak['peak_mean']:.3f}) and ends "
-                             f"{peak['last_mean'] - peak['peak_mean']:+.3f} below it.")
+                             f"{peak['peak_mean'] - peak['last_mean']:.3f} below it.")
         fits = [(method, _last_mean(finals, method, setting, "correction/fit_flipped")) for method in (comparator, reference)]
         if all(np.isfinite(value) for _, value in fits):
             parts.append("At the last epoch the model fits the flipped observed label on "
