@@ -378,8 +378,10 @@ def infer_expected_cells(frame: pd.DataFrame) -> pd.DataFrame:
 
     Without an explicit list of planned trials this is the best available expectation: a cell
     is expected when each of its factor values occurs somewhere in that sweep (a method run
-    under some noise setting and seed is expected under all of them). Columns: ``sweep`` plus
-    the factors (a factor absent from one sweep is NaN there).
+    under some noise setting and seed is expected under all of them). Other factors (λ_cons of a
+    λ_cons sweep) are expected per method only at the values that method ran with, so a baseline
+    run outside the sweep's grid (FlexCare in the λ_cons sweep) is not expected at every λ_cons.
+    Columns: ``sweep`` plus the factors (a factor absent from one sweep is NaN there).
     """
     trials = last_epoch(ensure_annotated(frame))
     parts = []
@@ -387,6 +389,11 @@ def infer_expected_cells(frame: pd.DataFrame) -> pd.DataFrame:
         factors = design_factors(group)
         levels = [list(dict.fromkeys(group[factor].tolist())) for factor in factors]
         product = pd.DataFrame(list(itertools.product(*levels)), columns=factors)
+        for factor in factors[3:]:                 # beyond method, noise setting, seed
+            seen = group[[METHOD_LABEL, factor]].astype(object).map(_normal_value).drop_duplicates()
+            keys = product[[METHOD_LABEL, factor]].astype(object).map(_normal_value)
+            product = product.loc[keys.merge(seen, how="left", indicator=True)["_merge"].eq("both").to_numpy()]
+        product = product.reset_index(drop=True)
         product.insert(0, "sweep", sweep)
         parts.append(product)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["sweep"])

@@ -96,13 +96,15 @@ def use_symlog(values: np.ndarray) -> bool:
 
 def sensitivity_plot(frame: pd.DataFrame, parameter: str = "lambda_cons", metric: str = "test/mAP",
                      group: str = NOISE_SETTING, *, output: str | Path | None = None,
-                     title: str | None = None) -> Figure:
+                     title: str | None = None, baseline: pd.DataFrame | None = None) -> Figure:
     """Fig. 3: last-epoch `metric` against ``config/<parameter>``, one line per `group` value.
 
     frame: results (all epochs or last epochs; each trial's last epoch is used). Each line is
     the mean across seeds at each parameter value (markers), with a ± std band (ddof 0). One
     axes; x ticks at the swept values; the x axis always shows 0 (symlog, linear threshold =
     the smallest positive value, when the values span a decade; else linear).
+    baseline: rows of a reference method without the parameter (FlexCare in the λ_cons sweep),
+    drawn per `group` value as a dashed horizontal line at its last-epoch mean across seeds.
     """
     finals = last_epoch(ensure_annotated(frame))
     column = parameter if parameter.startswith("config/") else f"config/{parameter}"
@@ -126,6 +128,16 @@ def sensitivity_plot(frame: pd.DataFrame, parameter: str = "lambda_cons", metric
         axes.fill_between(x, (summary["mean"] - summary["std"]).to_numpy(),
                           (summary["mean"] + summary["std"]).to_numpy(), color=line.get_color(), alpha=0.2,
                           linewidth=0)
+    if baseline is not None and not baseline.empty:
+        references = last_epoch(ensure_annotated(baseline)).dropna(subset=[metric])
+        colours = {str(value): line.get_color() for value, line in zip(order, axes.lines)}
+        for value in order:
+            subset = references.loc[references[group].astype(str) == str(value)]
+            if subset.empty:
+                continue
+            method = ", ".join(sorted(subset[METHOD_LABEL].unique()))
+            axes.axhline(float(subset[metric].mean()), color=colours.get(str(value), "gray"), linestyle="--",
+                         linewidth=1.0, label=f"{value}: {method} (n={len(subset)})")
     values = np.sort(finals[column].unique())
     if use_symlog(values):
         axes.set_xscale("symlog", linthresh=float(values[values > 0].min()), linscale=0.5)
@@ -323,6 +335,104 @@ def selection_components_plot(artifact: SelectionArtifact | str | Path, group: i
         axes.set_title(name, fontsize="small")
     axes_list[0].legend(fontsize="x-small")
     figure.suptitle(f"Selection metrics, {artifact.group_name(group)}", fontsize="medium")
+    if output is not None:
+        save_figure(figure, output)
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# Mechanism diagnostics: per-epoch curves by method, panel grids with chance lines
+# --------------------------------------------------------------------------------------------
+CHANCE_STYLE = {"linestyle": "--", "linewidth": 1.0}
+METHOD_COLOURS: tuple[str, ...] = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange", "tab:brown",
+                                   "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+
+
+def _mean_std_by_epoch(subset: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per epoch: mean and std (ddof 0) of `column` across the rows (seeds), NaN-aware."""
+    return subset.groupby("epoch")[column].agg(
+        mean="mean", std=lambda series: float(np.std(series.dropna().to_numpy(), ddof=0))
+        if series.notna().any() else math.nan).sort_index()
+
+
+def _band(axes, summary: pd.DataFrame, colour: str, label: str, **style) -> None:
+    epochs = summary.index.to_numpy(dtype=float)
+    mean = summary["mean"].to_numpy(dtype=float)
+    axes.plot(epochs, mean, color=colour, label=label, **style)
+    axes.fill_between(epochs, mean - summary["std"].to_numpy(dtype=float), mean + summary["std"].to_numpy(dtype=float),
+                      color=colour, alpha=0.15, linewidth=0)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def method_epoch_plot(frame: pd.DataFrame, column: str, *, ylabel: str, second: str | None = None,
+                      second_label: str = "", reference: float | None = None, reference_label: str = "",
+                      title: str = "", output: str | Path | None = None, max_columns: int = 3) -> Figure:
+    """One panel per noise setting; per method the per-epoch mean ± std (ddof 0) across seeds of
+    `column` (solid) and optionally of `second` (dotted, same colour); an optional horizontal
+    `reference` line (dashed grey, e.g. chance). frame: all epochs of the rows to compare."""
+    frame = ensure_annotated(frame)
+    if column not in frame.columns or frame[column].notna().sum() == 0:
+        raise ValueError(f"method_epoch_plot: no '{column}' values in the results")
+    settings = noise_setting_order(frame)
+    methods = sorted(frame[METHOD_LABEL].unique(), key=method_sort_key)
+    figure, axes_list = _grid(len(settings), max_columns)
+    for axes, setting in zip(axes_list, settings):
+        rows = frame.loc[frame[NOISE_SETTING] == setting]
+        for index, method in enumerate(methods):
+            subset = rows.loc[rows[METHOD_LABEL] == method]
+            if subset.empty or subset[column].notna().sum() == 0:
+                continue
+            colour = METHOD_COLOURS[index % len(METHOD_COLOURS)]
+            _band(axes, _mean_std_by_epoch(subset, column), colour, method, marker=".")
+            if second is not None and second in subset.columns and subset[second].notna().any():
+                _band(axes, _mean_std_by_epoch(subset, second), colour, f"{method} {second_label}".strip(),
+                      linestyle=":")
+        if reference is not None:
+            axes.axhline(reference, color="gray", label=reference_label or None, **CHANCE_STYLE)
+        axes.set_title(setting, fontsize="medium")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(ylabel)
+        axes.grid(True, alpha=0.3)
+    axes_list[0].legend(fontsize="x-small")
+    if title:
+        figure.suptitle(title, fontsize="medium")
+    if output is not None:
+        save_figure(figure, output)
+    return figure
+
+
+def epoch_panels_plot(frame: pd.DataFrame, panels: Sequence[tuple[str, Sequence[tuple[str, str, str, bool]]]], *,
+                      title: str = "", ylabel: str = "share", output: str | Path | None = None) -> Figure:
+    """A grid: one row per noise setting, one column per panel ``(panel title, curves)``; each
+    curve ``(column, label, colour, is_chance)`` is the per-epoch mean ± std (ddof 0) across
+    seeds; chance curves are dashed without a band. frame: all epochs of one method's rows."""
+    frame = ensure_annotated(frame)
+    present = [column for _, curves in panels for column, _, _, _ in curves if column in frame.columns]
+    if not present or frame[present].notna().sum().sum() == 0:
+        raise ValueError(f"epoch_panels_plot: none of {present or [c for _, cs in panels for c, *_ in cs]} has values")
+    settings = noise_setting_order(frame)
+    figure = Figure(figsize=(3.8 * len(panels), 3.0 * len(settings)), layout="constrained")
+    for row, setting in enumerate(settings):
+        rows = frame.loc[frame[NOISE_SETTING] == setting]
+        for column_index, (panel_title, curves) in enumerate(panels):
+            axes = figure.add_subplot(len(settings), len(panels), row * len(panels) + column_index + 1)
+            for column, label, colour, is_chance in curves:
+                if column not in rows.columns or rows[column].notna().sum() == 0:
+                    continue
+                summary = _mean_std_by_epoch(rows, column)
+                if is_chance:
+                    axes.plot(summary.index.to_numpy(dtype=float), summary["mean"].to_numpy(dtype=float),
+                              color=colour, label=label, **CHANCE_STYLE)
+                else:
+                    _band(axes, summary, colour, label, marker=".")
+            axes.set_title(f"{setting}: {panel_title}", fontsize="small")
+            axes.set_xlabel("epoch")
+            axes.set_ylabel(ylabel if column_index == 0 else "")
+            axes.grid(True, alpha=0.3)
+            if row == 0 and axes.lines:
+                axes.legend(fontsize="x-small")
+    if title:
+        figure.suptitle(title, fontsize="medium")
     if output is not None:
         save_figure(figure, output)
     return figure

@@ -42,10 +42,12 @@ from analysis.artifacts import ArtifactError, load_selection_artifact
 from analysis.collect import (METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, IncompleteSweepError, ResultsError,
                               annotate, config_columns, design_factors, format_cell, last_epoch,
                               load_results, missing_by_sweep, noise_setting_order, varying_and_constant)
-from analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, has_columns,
-                              save_figure, selection_components_plot, selection_histogram_plot,
-                              sensitivity_plot, set_size_plot)
-from analysis.labels import REFERENCE_METHOD
+from analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, epoch_panels_plot,
+                              has_columns, method_epoch_plot, save_figure, selection_components_plot,
+                              selection_histogram_plot, sensitivity_plot, set_size_plot)
+from analysis.labels import REFERENCE_METHOD, method_sort_key
+from analysis.mechanism import (CORRECTION_COLUMNS, MEMORISATION_COLUMNS, SET_COLUMNS, auc_columns,
+                                diagnostics_table, epoch_peak_table, findings, run_context)
 from analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, metric_name,
                              noise_rate_table, runtime_table, sensitivity_table, significance_report, slug,
                              stability_table)
@@ -58,8 +60,9 @@ COMPARISON_METRICS = ("test/mAP", "test/F1", "test/F1_class")
 # METHOD §7 defaults: per-epoch diagnostics of a sensitivity sweep are shown at these values.
 PAPER_DEFAULTS: dict[str, float] = {"config/lambda_cons": 0.1, "config/alpha": 0.5}
 SEED_LIKE = {SEED_COLUMN, "config/gmm_seed", "config/noise_seed"}
-PROVENANCE_COLUMNS = ("provenance/code_version", "provenance/code_dirty", "provenance/cohort_hash",
-                      "provenance/text_encoder", "provenance/text_encoder_revision", "provenance/config_hash")
+PROVENANCE_COLUMNS = ("provenance/data_source", "provenance/preset", "provenance/code_version",
+                      "provenance/code_dirty", "provenance/cohort_hash", "provenance/text_encoder",
+                      "provenance/text_encoder_revision", "provenance/config_hash")
 MAX_ARTIFACT_FIGURES = 4
 
 
@@ -68,6 +71,7 @@ class _Writer:
 
     def __init__(self, out_dir: Path):
         self.out_dir = out_dir
+        self.context = ""            # run_context of the current sweep: added to captions lacking it
         self.lines: list[str] = []
         self.tables_dir = out_dir / "tables"
         self.figures_dir = out_dir / "figures"
@@ -81,6 +85,8 @@ class _Writer:
     def table(self, table: Table, prefix: str = "") -> None:
         if prefix:
             table.name = f"{prefix}_{table.name}"
+        if self.context and not any("seed(s)" in note for note in table.notes):
+            table.notes.append(self.context)
         paths = table.write(self.tables_dir)
         self.lines.append(table.to_markdown())
         links = ", ".join(f"[{kind}]({path.relative_to(self.out_dir).as_posix()})" for kind, path in paths.items()
@@ -88,6 +94,8 @@ class _Writer:
         self.lines.extend(["", f"<sub>{links}</sub>", ""])
 
     def figure(self, figure: Any, name: str, caption: str) -> None:
+        if self.context and "seed(s)" not in caption:
+            caption = f"{caption} — {self.context}"
         paths = save_figure(figure, self.figures_dir / name)
         png = next(path for path in paths if path.suffix == ".png")
         svg = [path for path in paths if path.suffix == ".svg"]
@@ -125,7 +133,8 @@ def _key_value_table(name: str, title: str, items: Mapping[str, Any], header: tu
 def _run_section(writer: _Writer, frame: pd.DataFrame, source: str) -> None:
     writer.heading(2, "Run")
     trials = last_epoch(frame)
-    writer.add(f"- results: `{source}`",
+    writer.add(f"- data, preset, epochs, seeds: {run_context(trials)}",
+               f"- results: `{source}`",
                f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
                f"- sweeps: {', '.join(f'`{name}`' for name in sorted(frame['sweep'].unique()))}",
                f"- trials: {len(trials)} ({', '.join(f'{status} {count}' for status, count in trials['status'].value_counts().items())}); "
@@ -178,62 +187,197 @@ def _main_sections(writer: _Writer, finals: pd.DataFrame, sweep: str, metric: st
 
 def _sensitivity_sections(writer: _Writer, finals: pd.DataFrame, sweep: str, parameter: str,
                           metric: str) -> None:
+    """Fig. 3-style curve per method that varies `parameter`; methods run at one value only (the
+    FlexCare baseline of the λ_cons sweep) are drawn as dashed reference lines."""
     bare = parameter.removeprefix("config/")
     symbol = {"lambda_cons": "λ_cons", "alpha": "α"}.get(bare, bare)
     reference = " (Fig. 3)" if bare == "lambda_cons" else ""
     writer.heading(3, f"Sensitivity to {symbol}{reference}")
-    methods = sorted(finals[METHOD_LABEL].unique())
-    for method in methods:
+    counts = finals.groupby(METHOD_LABEL)[parameter].nunique()
+    swept = sorted(counts.index[counts > 1], key=method_sort_key)
+    baseline = finals.loc[finals[METHOD_LABEL].isin(counts.index[counts <= 1])]
+    for method in swept:
         subset = finals.loc[finals[METHOD_LABEL] == method]
-        label = "" if len(methods) == 1 else f"_{slug(method)}"
-        title = f"Impact of {symbol}" + ("" if len(methods) == 1 else f" ({method})")
-        figure = sensitivity_plot(subset, bare, metric, output=None, title=title)
+        label = "" if len(swept) == 1 else f"_{slug(method)}"
+        title = f"Impact of {symbol}" + ("" if len(swept) == 1 else f" ({method})")
+        figure = sensitivity_plot(subset, bare, metric, output=None, title=title,
+                                  baseline=baseline if not baseline.empty else None)
+        against = (f"; dashed: {', '.join(sorted(baseline[METHOD_LABEL].unique()))} (no {symbol}) per noise setting"
+                   if not baseline.empty else "")
         writer.figure(figure, f"{sweep}_sensitivity_{slug(bare)}{label}",
-                      f"{title}: last-epoch test {metric_name(metric)}, mean ± std across seeds")
+                      f"{title}: last-epoch test {metric_name(metric)} of {method}, mean ± std across seeds{against} "
+                      f"— {run_context(finals)}")
         table = sensitivity_table(subset, bare, metric, name=f"sensitivity_{slug(bare)}{label}_{slug(metric)}")
         writer.table(table, prefix=sweep)
 
 
-def _diagnostic_rows(frame: pd.DataFrame, factors: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
-    """Rows for per-epoch diagnostics: MIRACL's if present; sweep factors held at the paper default."""
+def _comparison_at_default(writer: _Writer, finals: pd.DataFrame, sweep: str, parameter: str, metric: str,
+                           paired: bool) -> None:
+    """MIRACL at the paper's default of `parameter` against the methods run without it (FlexCare):
+    the comparison table with stars and the one-sided t-tests (METHOD §12)."""
+    default = PAPER_DEFAULTS.get(parameter)
+    counts = finals.groupby(METHOD_LABEL)[parameter].nunique()
+    others = finals.loc[finals[METHOD_LABEL].isin(counts.index[counts <= 1])
+                        & (finals[METHOD_LABEL] != REFERENCE_METHOD)]
+    mine = finals.loc[(finals[METHOD_LABEL] == REFERENCE_METHOD)
+                      & np.isclose(finals[parameter].astype(float), default if default is not None else np.nan)]
+    if others.empty or mine.empty:
+        return
+    pair = pd.concat([mine, others])
+    symbol = {"config/lambda_cons": "λ_cons", "config/alpha": "α"}.get(parameter, parameter)
+    writer.heading(3, f"{REFERENCE_METHOD} (at {symbol} = {default:g}) vs {', '.join(sorted(others[METHOD_LABEL].unique()))}")
+    writer.add(f"Last-epoch test {metric_name(metric)} — {run_context(pair)}.", "")
+    writer.table(comparison_table(pair, metric, paired=paired, name=f"comparison_default_{slug(metric)}"), prefix=sweep)
+    writer.table(significance_report(pair, metric, paired=paired, name=f"significance_default_{slug(metric)}"),
+                 prefix=sweep)
+
+
+COMPARATORS = ("FlexCare", "Baseline")      # MIRACL's reference arm in the main/λ_cons and ablation sweeps
+AUC_CHANCE = "chance/auc"
+
+
+def _held_rows(frame: pd.DataFrame, factors: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Rows for per-epoch diagnostics: every method, with each non-design factor a method varies
+    (λ_cons, α) held at the paper default (else its first value); methods run at one value only
+    (a baseline) are kept whole."""
     rows = frame
-    if REFERENCE_METHOD in set(rows[METHOD_LABEL]):
-        rows = rows.loc[rows[METHOD_LABEL] == REFERENCE_METHOD]
     held = []
     for factor in factors:
         if factor in (METHOD_LABEL, NOISE_SETTING) or factor in SEED_LIKE:
             continue
-        values = rows[factor].dropna().unique()
-        if len(values) <= 1:
+        counts = rows.groupby(METHOD_LABEL)[factor].nunique()
+        varying = counts.index[counts > 1]
+        if varying.empty:
             continue
+        values = rows.loc[rows[METHOD_LABEL].isin(varying), factor].dropna().unique()
         default = PAPER_DEFAULTS.get(factor)
-        keep = default if default is not None and np.isclose(values.astype(float), default).any() else values[0]
-        rows = rows.loc[np.isclose(rows[factor].astype(float), float(keep))] if np.issubdtype(
-            np.asarray(values).dtype, np.number) else rows.loc[rows[factor] == keep]
+        numeric = np.issubdtype(np.asarray(values).dtype, np.number)
+        keep = default if default is not None and numeric and np.isclose(values.astype(float), default).any() \
+            else values[0]
+        matches = np.isclose(rows[factor].astype(float), float(keep)) if numeric else rows[factor] == keep
+        rows = rows.loc[~rows[METHOD_LABEL].isin(varying) | matches]
         held.append(f"{factor.removeprefix('config/')} = {_value_text(keep)}")
     return rows, held
 
 
-def _diagnostics_sections(writer: _Writer, frame: pd.DataFrame, sweep: str, factors: Sequence[str],
-                          run_dir: Path | None) -> None:
-    columns = [column for column, _, _ in CORRECTION_CURVES]
-    if not has_columns(frame, columns + [column for column, _, _ in SET_SIZE_CURVES]):
+def _findings_section(writer: _Writer, rows: pd.DataFrame, factors: Sequence[str], metric: str) -> None:
+    """"What this run shows": MIRACL − comparator per noise setting, whatever the sign."""
+    rows, held = _held_rows(rows, factors)
+    present = set(rows[METHOD_LABEL])
+    comparator = next((name for name in COMPARATORS if name in present), None)
+    if REFERENCE_METHOD not in present or comparator is None:
         return
-    rows, held = _diagnostic_rows(frame, factors)
-    where = f" (shown at {', '.join(held)})" if held else ""
-    if has_columns(rows, columns):
+    pair = rows.loc[rows[METHOD_LABEL].isin([REFERENCE_METHOD, comparator])]
+    sentences = findings(pair, reference=REFERENCE_METHOD, comparator=comparator, metric=metric)
+    if not sentences:
+        return
+    writer.heading(3, "What this run shows")
+    where = f", {', '.join(held)}" if held else ""
+    writer.add(f"Measured, not claimed — {run_context(pair)}{where}:", "")
+    writer.add(*[f"- {sentence}" for sentence in sentences], "")
+
+
+def _diagnostics_sections(writer: _Writer, frame: pd.DataFrame, sweep: str, factors: Sequence[str],
+                          run_dir: Path | None, metric: str = "test/mAP") -> None:
+    rows, held = _held_rows(frame, factors)
+    context = run_context(rows)
+    where = f"; shown at {', '.join(held)}" if held else ""
+    finals = last_epoch(rows, finished_only=True)
+    if has_columns(rows, [metric]):
+        writer.heading(3, f"Test {metric_name(metric)} per epoch")
+        writer.figure(method_epoch_plot(rows, metric, ylabel=f"test {metric_name(metric)}"),
+                      f"{sweep}_epoch_{slug(metric)}",
+                      f"Test {metric_name(metric)} per epoch, mean ± std across seeds — {context}{where}")
+        writer.table(epoch_peak_table(rows, metric, context=context + where), prefix=sweep)
+    if has_columns(rows, ["correction/fit_flipped"]):
+        writer.heading(3, "Memorisation of the flipped labels")
+        writer.add("Share of train pairs whose observed label the model fits, (p > 0.5) == ỹ: flipped pairs "
+                   "(solid; fitting them is memorising the noise) and clean pairs (dotted).", "")
+        writer.figure(method_epoch_plot(rows, "correction/fit_flipped", ylabel="share of pairs fitting ỹ",
+                                        second="correction/fit_clean", second_label="(clean pairs)"),
+                      f"{sweep}_memorisation", f"Memorisation per epoch, mean ± std across seeds — {context}{where}")
+        writer.table(diagnostics_table(finals, MEMORISATION_COLUMNS, name="memorisation",
+                                       title="Memorisation at the last epoch",
+                                       note=f"Last-epoch share of flipped / clean train pairs with (p > 0.5) == ỹ; "
+                                            f"mean ± std (ddof 0) across seeds — {context}{where}."), prefix=sweep)
+    miracl = rows.loc[rows[METHOD_LABEL] == REFERENCE_METHOD] if REFERENCE_METHOD in set(rows[METHOD_LABEL]) else rows
+    mine = f"{REFERENCE_METHOD} — {run_context(miracl)}{where}"
+    columns = [column for column, _, _ in CORRECTION_CURVES]
+    if has_columns(miracl, columns):
         writer.heading(3, "Correction diagnostics (Fig. 4)")
-        writer.add("Per epoch on the train split: accuracy of corrected labels on pairs the noise left "
-                   "unchanged (blue), on flipped pairs after correction (orange), and of the uncorrected "
-                   f"prediction on flipped pairs (green); mean ± std across seeds{where}.", "")
-        writer.figure(correction_accuracy_plot(rows), f"{sweep}_correction_accuracy",
-                      "Correction accuracy per epoch")
-    if has_columns(rows, [column for column, _, _ in SET_SIZE_CURVES]):
+        writer.add("Per epoch on the train split: accuracy of corrected labels on pairs the noise left unchanged "
+                   "(blue), on flipped pairs after correction (orange), and of the model's own prediction on "
+                   "flipped pairs (green). The observed label is wrong on every flipped pair by definition, so "
+                   "the fair baseline for the corrected labels is the green curve, not 0.", "")
+        writer.figure(correction_accuracy_plot(miracl), f"{sweep}_correction_accuracy",
+                      f"Correction accuracy per epoch, mean ± std across seeds — {mine}")
+    honest = [("flipped, observed +", [("correction/accuracy_noisy_positive", "corrected label", "tab:orange", False),
+                                       ("correction/prediction_accuracy_noisy_positive", "model prediction",
+                                        "tab:green", False)]),
+              ("flipped, observed −", [("correction/accuracy_noisy_negative", "corrected label", "tab:orange", False),
+                                       ("correction/prediction_accuracy_noisy_negative", "model prediction",
+                                        "tab:green", False)]),
+              ("soft-label error", [("correction/soft_error_corrected", "|ỹ_corr − y|", "tab:orange", False),
+                                    ("correction/soft_error_observed", "|ỹ − y| (observed)", "gray", True)])]
+    if has_columns(miracl, ["correction/accuracy_noisy_positive", "correction/prediction_accuracy_noisy_positive"]):
+        writer.heading(3, "Flipped pairs: corrected label vs the model's own prediction")
+        writer.add("Accuracy against the clean label on truly flipped train pairs, split by observed class, and the "
+                   "mean soft-label error over all train pairs of the corrected labels vs the observed ones.", "")
+        writer.figure(epoch_panels_plot(miracl, honest, ylabel="accuracy / error"), f"{sweep}_flipped_pairs",
+                      f"Flipped pairs per epoch, mean ± std across seeds — {mine}")
+        writer.table(diagnostics_table(last_epoch(miracl, finished_only=True), CORRECTION_COLUMNS,
+                                       name="flipped_pairs", title="Flipped pairs at the last epoch",
+                                       note=f"Last epoch, mean ± std (ddof 0) across seeds — {mine}."), prefix=sweep)
+    quality = [(f"{text}: {name}", [(f"correction/noisy_set_{name}_{suffix}", f"noisy-set {name}", colour, False),
+                                   (f"correction/{chance}_{suffix}", chance_label, "gray", True)])
+               for suffix, text in (("pos", "observed +"), ("neg", "observed −"))
+               for name, colour, chance, chance_label in (
+                   ("precision", "tab:brown", "flip_rate", "chance: the class's flip rate"),
+                   ("recall", "tab:purple", "noisy_share", "chance: share put in the noisy set"))]
+    if has_columns(miracl, ["correction/noisy_set_precision_pos", "correction/noisy_set_precision_neg"]):
+        writer.heading(3, "Selection quality per observed class")
+        writer.add("Precision of the noisy set against the class's own flip rate (what a random set of the same "
+                   "size would reach) and recall against the share of the class put in the noisy set (a random "
+                   "set's recall); then the three set sizes per class.", "")
+        writer.figure(epoch_panels_plot(miracl, quality), f"{sweep}_selection_quality",
+                      f"Noisy-set precision and recall per observed class with chance lines — {mine}")
+        sizes = [(text, [(f"correction/size_{name}_{suffix}", name, colour, False)
+                         for name, colour in (("clean", "tab:blue"), ("uncertain", "tab:gray"), ("noisy", "tab:red"))])
+                 for suffix, text in (("pos", "observed +"), ("neg", "observed −"))]
+        writer.figure(epoch_panels_plot(miracl, sizes, ylabel="pairs in set"), f"{sweep}_set_sizes_by_class",
+                      f"Set sizes per observed class — {mine}")
+    if has_columns(rows, [column for column, _ in SET_COLUMNS]):
+        writer.table(diagnostics_table(finals, SET_COLUMNS, name="selection_sets",
+                                       title="Selection sets, Z⁻ and same-patient batches at the last epoch",
+                                       note="Per observed class: flip rate (= chance precision), share in the noisy "
+                                            "set (= chance recall), noisy-set precision and recall; share of observed "
+                                            "negatives inside Z⁻ (Eq. 6); share of stays whose batch holds another stay "
+                                            f"of the same patient (Eq. 9 positives). Mean ± std (ddof 0) — {context}{where}."),
+                     prefix=sweep)
+    aucs = auc_columns()
+    if has_columns(rows, [column for column, _ in aucs]):
+        writer.heading(3, "Selection signals: within-class ROC-AUC for flipped vs clean pairs")
+        panels = [(text, [(f"correction/auc_{signal}_{suffix}", label, colour, False)
+                          for (signal, label), colour in zip(
+                              (("rank", "rank R"), ("difficulty_durations", "difficulty (durations)"),
+                               ("difficulty_events", "difficulty (events)"), ("bce", "per-pair BCE"),
+                               ("z_tilde", "Z̃")), ("tab:blue", "tab:green", "tab:olive", "tab:orange", "tab:red"))]
+                   + [(AUC_CHANCE, "chance 0.5", "gray", True)])
+                  for suffix, text in (("pos", "observed +"), ("neg", "observed −"))]
+        writer.figure(epoch_panels_plot(miracl.assign(**{AUC_CHANCE: 0.5}), panels, ylabel="ROC-AUC"),
+                      f"{sweep}_selection_auc",
+                      f"Within-class ROC-AUC of each selection signal per epoch (larger = more likely flipped) — {mine}")
+        writer.table(diagnostics_table(finals, aucs, name="selection_auc", decimals=2,
+                                       title="Within-class ROC-AUC of the selection signals at the last epoch",
+                                       note="Pairs of one observed class pooled over labels; flipped = positive; "
+                                            "0.5 = chance, below 0.5 = anti-informative. Z̃ exists only where MIRACL "
+                                            f"selects. Mean ± std (ddof 0) — {context}{where}."), prefix=sweep)
+    if has_columns(miracl, [column for column, _, _ in SET_SIZE_CURVES]):
         writer.heading(3, "Selection set sizes per epoch")
-        writer.add(f"Sizes of the clean / uncertain / noisy sets and the noisy set's recall and precision "
-                   f"against the true flips{where}.", "")
-        writer.figure(set_size_plot(rows), f"{sweep}_set_sizes", "Set sizes per epoch")
-    _artifact_sections(writer, rows, sweep, run_dir)
+        writer.add("Sizes of the clean / uncertain / noisy sets and the noisy set's recall and precision "
+                   "against the true flips.", "")
+        writer.figure(set_size_plot(miracl), f"{sweep}_set_sizes", f"Set sizes per epoch — {mine}")
+    _artifact_sections(writer, miracl, sweep, run_dir)
 
 
 def _artifact_sections(writer: _Writer, rows: pd.DataFrame, sweep: str, run_dir: Path | None) -> None:
@@ -413,19 +557,25 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
         sweep_finals = finals.loc[finals["sweep"] == sweep]
         sweep_rows = frame.loc[(frame["sweep"] == sweep) & frame["trial_id"].isin(sweep_finals["trial_id"])]
         writer.heading(2, f"Sweep: {sweep}")
+        writer.context = run_context(sweep_finals)
         if sweep_finals.empty:
             writer.add("No finished trial in this sweep.")
             continue
         factors = design_factors(sweep_finals)
         sweep_missing = _missing_for(missing, sweep)
+        _findings_section(writer, sweep_rows, factors, metric)
         for kind, parameter in _sweep_kind(sweep, sweep_finals, factors):
             if kind == "comparison":
                 _main_sections(writer, sweep_finals, sweep, metric, paired, sweep_missing)
             elif kind == "sensitivity":
-                if parameter not in sweep_finals.columns or sweep_finals[parameter].nunique() < 2:
-                    writer.note(f"`{parameter}` does not vary in this sweep; no sensitivity curve.")
+                if parameter not in sweep_finals.columns:
+                    writer.note(f"`{parameter}` is not in the results; no sensitivity curve.")
                     continue
-                _sensitivity_sections(writer, sweep_finals, sweep, parameter, metric)
+                if sweep_finals.groupby(METHOD_LABEL)[parameter].nunique().max() < 2:
+                    writer.note(f"`{parameter}` does not vary in this sweep; no sensitivity curve.")
+                else:
+                    _sensitivity_sections(writer, sweep_finals, sweep, parameter, metric)
+                _comparison_at_default(writer, sweep_finals, sweep, parameter, metric, paired)
             elif kind == "ablation":
                 writer.heading(3, f"Ablation: test {metric_name(metric)} (Table 4)")
                 writer.table(ablation_table(sweep_finals, metric, missing=sweep_missing), prefix=sweep)
@@ -433,7 +583,8 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
                 writer.heading(3, "Stability under GMM initialisation seeds (Table 9)")
                 metrics = [name for name in dict.fromkeys([metric, *STABILITY_METRICS]) if name in sweep_finals.columns]
                 writer.table(stability_table(sweep_finals, metrics), prefix=sweep)
-        _diagnostics_sections(writer, sweep_rows, sweep, factors, run_dir)
+        _diagnostics_sections(writer, sweep_rows, sweep, factors, run_dir, metric)
+    writer.context = ""
     _config_section(writer, frame)
     _noise_section(writer, finals)
     _provenance_section(writer, finals)

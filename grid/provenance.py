@@ -45,7 +45,17 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def sweep_provenance(manifest: dict, text_key: str | None = None) -> dict[str, object]:
+def data_source(manifest: dict) -> str:
+    """What the cohort is, for report captions: 'synthetic cohort (400 patients, 690 stays)' or
+    'mimic3-benchmarks-phenotyping extract (33798 patients, 41904 stays)'."""
+    source = manifest.get("source", {})
+    size = f"{manifest.get('num_patients', '?')} patients, {manifest.get('num_stays', '?')} stays"
+    if "synthetic" in source:
+        return f"synthetic cohort ({size})"
+    return f"{source.get('format', 'unknown format')} extract ({size})"
+
+
+def sweep_provenance(manifest: dict, text_key: str | None = None, preset: str = "") -> dict[str, object]:
     """The `provenance/*` columns shared by every row of a sweep's results."""
     commit, dirty = code_version()
     text = manifest.get("text", {})
@@ -59,4 +69,6 @@ def sweep_provenance(manifest: dict, text_key: str | None = None) -> dict[str, o
         "provenance/text_encoder_revision": str(encoder.get("revision", "")),
         "provenance/text_feature_key": key or "",
         "provenance/versions": json.dumps(library_versions(), sort_keys=True),
+        "provenance/data_source": data_source(manifest),
+        "provenance/preset": preset,
     }

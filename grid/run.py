@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from grid.presets import preset_runtime, preset_trial_defaults
     from grid.sweeps import describe_sweeps, format_trials, get_sweep
 
-    preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
+    preset = args.preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
     runtime = preset_runtime(preset)
     if args.list:   # counted exactly as a run of this preset expands them
         print(f"trials per sweep as a run of preset {preset} (seeds {', '.join(map(str, runtime['seeds']))}) "
@@ -245,14 +245,16 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
     with tempfile.TemporaryDirectory() as scratch:
         local = fetch_result_files(experiment_dir, scratch) if "://" in experiment_dir else experiment_dir
         frame = collect_experiment(local, sweep=args.sweep, statuses=statuses,
-                                   provenance=sweep_provenance(manifest))
+                                   provenance=sweep_provenance(manifest, preset=args.preset))
     frame["experiment"] = experiment
     results_path = write_results(frame, experiment_dir)
     print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; experiment: {experiment_dir}")
     print(f"results: {results_path}")
     if failed:
         print(f"{len(failed)} trial(s) failed after retries:", *failed, sep="\n  ", file=sys.stderr)
-    if not args.no_report and "://" not in experiment_dir:
+    if frame.empty:
+        print("no trial reported an epoch; no report", file=sys.stderr)
+    elif not args.no_report and "://" not in experiment_dir:
         from analysis.report import write_report
 
         report = write_report(experiment_dir, allow_partial=bool(failed))

@@ -4,7 +4,9 @@ A *sweep* is a product of dimensions over `TrialConfig` fields:
 
     noise settings × arms (compared methods or ablation variants) × extra grid fields × seeds
 
-and `expand_sweep` turns it into ``list[Trial]``, each ``Trial(name, config)`` holding a short
+plus, optionally, *baseline* arms run under every noise setting and seed but not across the
+grid fields (the FlexCare reference of the λ_cons sweep: BCE has no λ_cons to sweep), and
+`expand_sweep` turns it into ``list[Trial]``, each ``Trial(name, config)`` holding a short
 deterministic name and the full flat `TrialConfig.to_flat_dict()` of a config that has already
 passed `TrialConfig.validate()` — so a bad value fails before anything runs.
 
@@ -253,6 +255,9 @@ class SweepDefinition:
     `seeds` None = the paper's seed set (or the preset's, see `expand_sweep`);
     `pin_noise_seed` writes noise_seed = seed explicitly (Table 9 keeps the noise fixed).
     `catalogue` is where `--methods` names are looked up first (then `COMPARISON_METHODS`).
+    `baselines` are arms run once per noise setting × seed with the sweep's own grid fields left
+    at their preset/TrialConfig values (their trial names carry none of them); dimensions that
+    ``--set`` adds apply to them too.
     """
     name: str
     description: str
@@ -263,6 +268,7 @@ class SweepDefinition:
     seeds: tuple[int, ...] | None = None
     pin_noise_seed: bool = False
     catalogue: tuple[Arm, ...] = COMPARISON_METHODS
+    baselines: tuple[Arm, ...] = ()
 
 
 _TABLE4_NOISE = ("asymmetric:0,0.2", "symmetric:0.2,0.2", "balanced:0.2")
@@ -274,9 +280,10 @@ SWEEPS: dict[str, SweepDefinition] = {sweep.name: sweep for sweep in (
         ("symmetric:0.2,0.2", "symmetric:0.4,0.4", "asymmetric:0,0.2", "asymmetric:0,0.4",
          "asymmetric:0.2,0", "asymmetric:0.4,0", "balanced:0.2", "balanced:0.4")),
     SweepDefinition(
-        "lambda_cons", "MIRACL, contrastive weight λ_cons under symmetric 20 % and 40 %",
+        "lambda_cons", "MIRACL, contrastive weight λ_cons under symmetric 20 % and 40 %, "
+        "against FlexCare (BCE) on the same seeds and noisy labels",
         "Fig. 3", (_MIRACL,), ("symmetric:0.2,0.2", "symmetric:0.4,0.4"),
-        grid=(("lambda_cons", (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)),)),
+        grid=(("lambda_cons", (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)),), baselines=(COMPARISON_METHODS[0],)),
     SweepDefinition(
         "alpha", "MIRACL, rank/difficulty weight α under the Table 4 noise settings",
         "Eq. 2 / §12", (_MIRACL,), _TABLE4_NOISE,
@@ -361,9 +368,11 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
-def _resolve_arms(sweep: SweepDefinition, methods: str | Iterable[str] | None) -> list[Arm]:
+def _resolve_arms(sweep: SweepDefinition, methods: str | Iterable[str] | None) -> tuple[list[Arm], list[Arm]]:
+    """(grid arms, baseline arms): the sweep's own, or the `methods` named (a name that is one
+    of the sweep's baselines stays a baseline)."""
     if methods is None:
-        return list(sweep.arms)
+        return list(sweep.arms), list(sweep.baselines)
     names = _as_names(methods)
     if not names:
         raise SweepError("no methods given")
@@ -374,7 +383,9 @@ def _resolve_arms(sweep: SweepDefinition, methods: str | Iterable[str] | None) -
     if unknown:
         raise SweepError(f"sweep '{sweep.name}': unknown method(s) {', '.join(repr(n) for n in unknown)} "
                          f"(known: {', '.join(catalogue)})")
-    return [catalogue[name] for name in names]
+    baseline_names = {arm.name for arm in sweep.baselines}
+    return ([catalogue[name] for name in names if name not in baseline_names],
+            [catalogue[name] for name in names if name in baseline_names])
 
 
 def _grid_values(key: str, values: Any) -> tuple[Any, ...]:
@@ -421,7 +432,7 @@ def expand_sweep(name: str, *, l_avg: float, num_labels: int,
     for key in overrides:
         _check_field_name(key, "override")
 
-    arms = _resolve_arms(sweep, methods)
+    arms, baselines = _resolve_arms(sweep, methods)
     settings = parse_noise_settings(sweep.noise if noise is None else noise)
     settings = list(dict.fromkeys(setting.resolve(l_avg, num_labels) for setting in settings))
     if seeds is not None:
@@ -447,7 +458,7 @@ def expand_sweep(name: str, *, l_avg: float, num_labels: int,
                 named_fields.append(key)
         else:
             single_overrides[key] = values[0]
-    overridden_arm_fields = sorted({key for arm in arms for key in arm.fields} & set(overrides))
+    overridden_arm_fields = sorted({key for arm in arms + baselines for key in arm.fields} & set(overrides))
     if overridden_arm_fields:
         logger.warning("sweep %s: --set %s overrides fields that distinguish the compared arms",
                        name, ", ".join(overridden_arm_fields))
@@ -456,19 +467,28 @@ def expand_sweep(name: str, *, l_avg: float, num_labels: int,
     seen_configs: dict[str, str] = {}
     names_seen: set[str] = set()
     grid_keys = list(grid)
-    for setting, arm, grid_values, seed in itertools.product(
-            settings, arms, itertools.product(*(grid[key] for key in grid_keys)), seed_list):
+    cells = [(setting, arm, tuple(zip(grid_keys, grid_values)), seed) for setting, arm, grid_values, seed
+             in itertools.product(settings, arms, itertools.product(*(grid[key] for key in grid_keys)),
+                                  seed_list)]
+    # baselines: not across the sweep's own grid fields, but across dimensions --set added
+    sweep_fields = {key for key, _ in sweep.grid}
+    extra_keys = [key for key in grid_keys if key not in sweep_fields]
+    cells += [(setting, arm, tuple(zip(extra_keys, extra_values)), seed) for setting, arm, extra_values, seed
+              in itertools.product(settings, baselines, itertools.product(*(grid[key] for key in extra_keys)),
+                                   seed_list)]
+    for setting, arm, grid_items, seed in cells:
         values: dict[str, Any] = dict(preset)
         values.update(arm.fields)
         values.update(setting.trial_fields())
         values["seed"] = seed
         if sweep.pin_noise_seed:
             values["noise_seed"] = seed
-        values.update(zip(grid_keys, grid_values))
+        values.update(grid_items)
         values.update(single_overrides)
+        shown = [key for key in named_fields if key in dict(grid_items)]
         raw_name = "_".join([arm.name, setting.slug]
                             + [f"{NAME_ABBREVIATIONS.get(key, key)}{_value_text(values[key])}"
-                               for key in named_fields] + [f"s{seed}"])
+                               for key in shown] + [f"s{seed}"])
         try:
             config = TrialConfig.from_dict(values)
             config.validate()
@@ -478,7 +498,7 @@ def expand_sweep(name: str, *, l_avg: float, num_labels: int,
         # Names from coerced values ('0.10' and '0.1' are the same trial).
         trial_name = "_".join([arm.name, setting.slug]
                               + [f"{NAME_ABBREVIATIONS.get(key, key)}{_value_text(flat.get(key, values[key]))}"
-                                 for key in named_fields] + [f"s{config.seed}"])
+                                 for key in shown] + [f"s{config.seed}"])
         digest = config.content_hash()
         if digest in seen_configs:
             logger.warning("sweep %s: trial %s duplicates %s (same config); dropped",

@@ -220,3 +220,23 @@ def test_design_factors_keep_sweep_parameters_and_fold_arm_switches():
     # alpha differs between the variants but rides on them: not a factor of its own
     assert len(ablation) == 4 and ablation.get("config/alpha", pd.Series(dtype=float)).isna().all()
     assert set(ablation["method_label"]) == {"w/ Rank only", "MIRACL"}
+
+
+def test_a_baseline_outside_the_sweep_grid_is_expected_only_where_it_ran():
+    """λ_cons sweep: MIRACL at 3 λ × 2 seeds, FlexCare once per seed (λ left at 0.1)."""
+    rows = []
+    for seed in (30, 40):
+        for lam in (0.0, 0.1, 0.5):
+            rows += trial_rows(f"m{lam}_{seed}", sweep="lambda_cons", seed=seed, lambda_cons=lam)
+        rows += trial_rows(f"f_{seed}", sweep="lambda_cons", method="bce", variant="FlexCare", seed=seed,
+                           lambda_cons=0.1)
+    frame = annotate(pd.DataFrame(rows))
+    expected = infer_expected_cells(frame)
+    assert len(expected) == 3 * 2 + 2
+    flexcare = expected.loc[expected["method_label"] == "FlexCare"]
+    assert set(flexcare["config/lambda_cons"]) == {0.1} and set(flexcare["config/seed"]) == {30, 40}
+    assert missing_by_sweep(frame) == []
+    # a MIRACL cell removed is still reported missing
+    dropped = frame.loc[frame["trial_id"] != "m0.5_40"]
+    assert [(cell["method_label"], cell["config/lambda_cons"], cell["config/seed"])
+            for cell in missing_by_sweep(dropped, allow_partial=True)] == [("MIRACL", 0.5, 40)]

@@ -59,3 +59,16 @@ def test_code_version_prefers_the_declared_version(monkeypatch):
     monkeypatch.delenv("MIRACL_CODE_VERSION")
     commit, _ = code_version()
     assert len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)   # this checkout's git HEAD
+
+
+def test_data_source_names_the_synthetic_size_or_the_extract():
+    from grid.provenance import data_source, sweep_provenance
+
+    synthetic = {"num_patients": 350, "num_stays": 606,
+                 "source": {"format": "mimic3-benchmarks-phenotyping", "synthetic": {"num_patients": 350}}}
+    assert data_source(synthetic) == "synthetic cohort (350 patients, 606 stays)"
+    extract = {"num_patients": 33798, "num_stays": 41904, "source": {"format": "mimic3-benchmarks-phenotyping"}}
+    assert data_source(extract) == "mimic3-benchmarks-phenotyping extract (33798 patients, 41904 stays)"
+    columns = sweep_provenance(synthetic, preset="quick")
+    assert columns["provenance/data_source"] == "synthetic cohort (350 patients, 606 stays)"
+    assert columns["provenance/preset"] == "quick"

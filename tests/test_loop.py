@@ -100,3 +100,29 @@ def test_miracl_correction_reports_partition_and_artifact(tiny_cohort, tmp_path)
         assert artifact["label_index"].shape == (4,)
         assert artifact["z_offsets"][-1] == len(artifact["z_values"]) == len(artifact["partition"])
         assert np.all((artifact["z_values"] >= 0) & (artifact["z_values"] <= 1))
+
+
+def test_selection_pass_eval_changes_the_statistics_not_the_training(tiny_cohort):
+    """selection_pass='eval' records p from an eval-mode pass after the epoch: epoch 1 trains
+    identically (same test mAP) but the statistics — and so every diagnostic built on them —
+    differ; after warm-up the corrected labels differ too."""
+    train, _, _ = _run(tiny_cohort, epochs=2, warmup_epochs=1)
+    evaluated, _, _ = _run(tiny_cohort, epochs=2, warmup_epochs=1, selection_pass="eval")
+    assert evaluated[0]["test/mAP"] == train[0]["test/mAP"]
+    assert evaluated[0]["correction/fit_flipped"] != train[0]["correction/fit_flipped"]
+    assert evaluated[0]["correction/auc_bce_pos"] != train[0]["correction/auc_bce_pos"]
+    assert evaluated[1]["correction/accuracy_corrected"] != train[1]["correction/accuracy_corrected"]
+
+
+def test_every_epoch_reports_the_mechanism_diagnostics(tiny_cohort):
+    history, _, _ = _run(tiny_cohort, epochs=3, warmup_epochs=2)
+    warmup, corrected = history[0], history[-1]        # selection starts at the end of warm-up (epoch 2)
+    for key in ("correction/fit_flipped", "correction/fit_clean", "train/same_patient_share", "correction/flip_rate_pos",
+                "correction/auc_rank_pos", "correction/auc_bce_neg", "correction/auc_difficulty_events_neg",
+                "correction/soft_error_observed", "correction/prediction_accuracy_noisy_positive"):
+        assert 0.0 <= warmup[key] <= 1.0 and 0.0 <= corrected[key] <= 1.0, key
+    assert math.isnan(warmup["correction/auc_z_tilde_pos"]) and 0.0 <= corrected["correction/auc_z_tilde_pos"] <= 1.0
+    assert math.isnan(warmup["correction/negatives_in_z_minus"])
+    assert 0.0 <= corrected["correction/negatives_in_z_minus"] <= 1.0
+    assert corrected["correction/size_noisy_pos"] + corrected["correction/size_noisy_neg"] == \
+        corrected["correction/size_noisy"]

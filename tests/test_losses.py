@@ -421,3 +421,19 @@ def test_pair_loss_for_binds_config_hyperparameters(batch):
         mllsc_loss(x, hard, correction=False).item())
     with pytest.raises(ValueError, match="method"):
         pair_loss_for(TrialConfig(method="multit"))
+
+
+def test_asl_detach_focusing_switch_reaches_the_loss(batch):
+    x, hard, _ = batch
+    def gradient(config):
+        logits = x.clone().requires_grad_(True)
+        value = pair_loss_for(config)(logits, hard)
+        value.backward()
+        return value.detach(), logits.grad
+    full_value, full_grad = gradient(TrialConfig(method="asl"))
+    detached_value, detached_grad = gradient(TrialConfig(method="asl", asl_detach_focusing=True))
+    assert torch.allclose(full_value, detached_value)               # same loss value
+    assert not torch.allclose(full_grad, detached_grad)              # different gradient convention
+    reference = x.clone().requires_grad_(True)
+    asymmetric_loss(reference, hard, detach_focusing_weight=True).backward()
+    assert torch.allclose(detached_grad, reference.grad)

@@ -115,3 +115,23 @@ def test_bad_arguments_are_rejected():
         selection_metric(probabilities, observed, None, 1.5)
     # alpha = 1 (rank only) needs no difficulty
     assert selection_metric(probabilities, observed, None, 1.0).z_tilde.shape == (4, 3)
+
+
+def test_reference_rank_orientation_keeps_r_for_both_classes_and_changes_z():
+    probabilities = torch.tensor([[0.9, 0.1, 0.5], [0.3, 0.3, 0.8]])
+    observed = torch.tensor([[1, 1, 0], [0, 1, 1]])
+    # the public reference code: raw r (1 = most confident) for positives and negatives alike
+    assert oriented_rank(probabilities, observed, "reference").tolist() == [[1, 3, 2], [2, 3, 1]]
+    assert oriented_rank(1 - probabilities, observed, "reference").tolist() == [[3, 1, 2], [1, 2, 3]]
+    with pytest.raises(SelectionError, match="orientation"):
+        oriented_rank(probabilities, observed, "upside_down")
+    generator = torch.Generator().manual_seed(3)
+    p = torch.rand(40, 5, generator=generator, dtype=torch.float64)
+    y = (torch.rand(40, 5, generator=generator) < 0.4).double()
+    aware = selection_metric(p, y, difficulty=None, alpha=1.0).z_tilde
+    plain = selection_metric(p, y, difficulty=None, alpha=1.0, rank_orientation="reference").z_tilde
+    positive = y > 0.5
+    assert torch.equal(aware[positive], plain[positive])          # positives: the same R
+    # negatives: R ↦ L + 1 − R reverses the within-group order, so Z̃ ↦ (1 − Z̃)·(span/(span+ε))
+    assert not torch.allclose(aware[~positive], plain[~positive])
+    assert torch.allclose(aware[~positive] + plain[~positive], torch.ones_like(aware[~positive]), atol=1e-5)

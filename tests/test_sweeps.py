@@ -26,7 +26,7 @@ def noise_pairs(trials):
 
 
 # ------------------------------------------------------------------------------------ counts
-@pytest.mark.parametrize("name, expected", [("main", 8 * 10 * 3), ("lambda_cons", 6 * 2 * 3),
+@pytest.mark.parametrize("name, expected", [("main", 8 * 10 * 3), ("lambda_cons", 6 * 2 * 3 + 2 * 3),
                                             ("alpha", 5 * 3 * 3), ("ablation", 6 * 3 * 3),
                                             ("stability", 5)])
 def test_trial_counts_match_the_paper_grids(name, expected):
@@ -68,10 +68,16 @@ def test_main_sweep_covers_eight_noise_settings_ten_methods_three_seeds():
 
 def test_lambda_alpha_sweeps_grid_values_and_noise():
     lam = expand("lambda_cons")
-    assert {t.config["lambda_cons"] for t in lam} == {0.0, 0.01, 0.05, 0.1, 0.2, 0.5}
+    miracl = [t for t in lam if t.config["method"] == "miracl"]
+    assert {t.config["lambda_cons"] for t in miracl} == {0.0, 0.01, 0.05, 0.1, 0.2, 0.5}
     assert noise_pairs(lam) == {("symmetric", 0.2, 0.2), ("symmetric", 0.4, 0.4)}
-    assert {t.config["method"] for t in lam} == {"miracl"}
     assert "miracl_sym20-20_lam0.05_s30" in {t.name for t in lam}
+    # the FlexCare (BCE) reference: each noise setting × seed once, not across λ_cons
+    flexcare = [t for t in lam if t.config["method"] == "bce"]
+    assert sorted(t.name for t in flexcare) == sorted(f"flexcare_sym{r}-{r}_s{s}" for r in (20, 40)
+                                                      for s in (30, 40, 100))
+    assert {(t.config["backbone"], t.config["lambda_cons"]) for t in flexcare} == {("flexcare", 0.1)}
+    assert len(miracl) + len(flexcare) == len(lam)
     alpha = expand("alpha")
     assert {t.config["alpha"] for t in alpha} == {0.0, 0.25, 0.5, 0.75, 1.0}
     assert noise_pairs(alpha) == {("asymmetric", 0.0, 0.2), ("symmetric", 0.2, 0.2),
@@ -136,11 +142,22 @@ def test_set_single_value_applies_to_every_trial_without_changing_count():
 
 
 def test_set_on_a_sweep_dimension_replaces_it():
-    trials = expand("lambda_cons", overrides=parse_set_arguments(["lambda_cons=0,0.1"]))
+    trials = expand("lambda_cons", overrides=parse_set_arguments(["lambda_cons=0,0.1"]), methods="miracl")
     assert len(trials) == 2 * 2 * 3
     assert {t.config["lambda_cons"] for t in trials} == {0.0, 0.1}
-    one = expand("lambda_cons", overrides={"lambda_cons": 0.2})
+    one = expand("lambda_cons", overrides={"lambda_cons": 0.2}, methods="miracl")
     assert len(one) == 2 * 3 and {t.config["lambda_cons"] for t in one} == {0.2}
+
+
+def test_baselines_skip_the_sweep_grid_but_take_added_dimensions():
+    base = [t for t in expand("lambda_cons") if t.config["method"] == "bce"]
+    widened = [t for t in expand("lambda_cons", overrides=parse_set_arguments(["lambda_cons=0,0.5", "tau=0.01,0.05"]))
+               if t.config["method"] == "bce"]
+    assert len(widened) == 2 * len(base)                     # across tau, not across lambda_cons
+    assert {t.config["tau"] for t in widened} == {0.01, 0.05}
+    assert "flexcare_sym40-40_tau0.05_s100" in {t.name for t in widened}
+    only = expand("lambda_cons", methods="flexcare")
+    assert [t.config["method"] for t in only] == ["bce"] * 6
 
 
 def test_parse_set_arguments_shapes_and_errors():
@@ -172,7 +189,7 @@ def test_seeds_and_noise_replace_dimensions():
     assert len(expand("main", seeds=[30])) == 80
     assert {t.config["seed"] for t in expand("alpha", seeds="1,2")} == {1, 2}
     replaced = expand("lambda_cons", noise=["asymmetric:0,0.4"])
-    assert len(replaced) == 6 * 1 * 3
+    assert len(replaced) == 6 * 1 * 3 + 3
     assert noise_pairs(replaced) == {("asymmetric", 0.0, 0.4)}
     two = expand("stability", noise="symmetric:0.4 class_conditional:0.2")
     assert len(two) == 10
@@ -200,12 +217,12 @@ def test_unknown_field_noise_and_sweep_errors_name_the_token():
 # ----------------------------------------------------------------------------------- precedence
 def test_precedence_defaults_preset_sweep_set():
     preset = {"epochs": 7, "lambda_cons": 0.3, "hidden_size": 64, "alpha": 0.3}
-    trials = expand("lambda_cons", preset=preset)
+    trials = expand("lambda_cons", preset=preset, methods="miracl")
     assert {t.config["epochs"] for t in trials} == {7}                       # preset > default
     assert {t.config["hidden_size"] for t in trials} == {64}
     assert {t.config["lambda_cons"] for t in trials} == {0.0, 0.01, 0.05, 0.1, 0.2, 0.5}   # sweep > preset
     assert {t.config["batch_size"] for t in trials} == {128}                 # untouched default
-    overridden = expand("lambda_cons", preset=preset, overrides={"epochs": 9, "lambda_cons": 0.2})
+    overridden = expand("lambda_cons", preset=preset, overrides={"epochs": 9, "lambda_cons": 0.2}, methods="miracl")
     assert {t.config["epochs"] for t in overridden} == {9}                   # --set > preset
     assert {t.config["lambda_cons"] for t in overridden} == {0.2}            # --set > sweep
     ablation = {t.config["variant"]: t.config for t in expand("ablation", preset=preset, seeds=[30],
@@ -217,7 +234,7 @@ def test_precedence_defaults_preset_sweep_set():
 
 def test_duplicate_configs_collapse():
     trials = expand("lambda_cons", overrides={"seed": 30})
-    assert len(trials) == 12 and {t.config["seed"] for t in trials} == {30}
+    assert len(trials) == 12 + 2 and {t.config["seed"] for t in trials} == {30}
 
 
 # -------------------------------------------------------------------------------- noise strings
@@ -269,7 +286,7 @@ def test_parse_noise_settings_accepts_lists_and_strings():
 # -------------------------------------------------------------------------------- text output
 def test_describe_and_format_trials():
     text = describe_sweeps(L_AVG, NUM_LABELS)
-    for name, count in (("main", 240), ("lambda_cons", 36), ("alpha", 45), ("ablation", 54), ("stability", 5)):
+    for name, count in (("main", 240), ("lambda_cons", 42), ("alpha", 45), ("ablation", 54), ("stability", 5)):
         line = next(line for line in text.splitlines() if line.startswith(name + " "))
         assert line.split()[1] == str(count)
     table = format_trials(expand("stability"))
@@ -287,10 +304,14 @@ def test_paper_preset_is_method_section_7():
     assert tuple(preset_runtime("paper")["seeds"]) == (30, 40, 100)
 
 
-def test_quick_preset_is_smaller_and_valid_for_every_sweep():
+def test_quick_preset_keeps_the_paper_schedule_and_is_smaller_and_valid_for_every_sweep():
     trial, runtime = preset_trial_defaults("quick"), preset_runtime("quick")
-    assert trial["epochs"] < 30 and trial["warmup_epochs"] < trial["epochs"]
-    assert runtime["cosine_t_max"] == trial["cosine_t_max"] == round(10 * trial["epochs"] / 30)  # paper ratio 10/30
+    paper = preset_trial_defaults("paper")
+    assert (trial["epochs"], trial["warmup_epochs"], trial["cosine_t_max"]) == (30, 5, 10)   # METHOD §7
+    assert runtime["cosine_t_max"] == 10 and tuple(runtime["seeds"]) == (30, 40, 100)
+    for field in ("hidden_size", "max_note_tokens", "max_series_bins"):
+        assert trial[field] < paper[field], field
+    assert runtime["synthetic_cohort"]["num_patients"] < preset_runtime("paper")["synthetic_cohort"]["num_patients"]
     assert {"seeds", "synthetic_cohort"} <= set(runtime)
     assert not set(runtime) & set(TrialConfig.field_names()) - {"cosine_t_max"}
     for name in SWEEPS:

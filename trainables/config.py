@@ -28,6 +28,7 @@ DIFFICULTY_FORMS = ("durations", "events")
 SELECTION_PASSES = ("train", "eval")
 SAMPLERS = ("random", "patient")
 SELECTION_SIGNALS = ("rank_difficulty", "loss")
+RANK_ORIENTATIONS = ("class_aware", "reference")
 
 
 class ConfigError(ValueError):
@@ -135,7 +136,8 @@ class TrialConfig:
     use_correction: bool = True            # Table 4 ablation switch
     selection_signal: str = "rank_difficulty"  # or "loss" ("w/ Loss only" row of Table 4)
     difficulty: str = "durations"          # (resolved) or "events" (paper-literal)
-    selection_pass: str = "train"          # (resolved) statistics from the epoch's own forward passes
+    selection_pass: str = "train"          # (resolved) statistics from the epoch's own forward passes; "eval": extra eval-mode pass
+    rank_orientation: str = "class_aware"  # (resolved) R = L+1−r for observed negatives; "reference": r for both (public code)
     gmm_min_group: int = 10
     gmm_seed: int | None = None            # None -> seed; Table 9 varies it alone
     gmm_iterations: int = 100
@@ -158,6 +160,7 @@ class TrialConfig:
     asl_gamma_neg: float = 4.0
     asl_gamma_pos: float = 1.0
     asl_clip: float = 0.05
+    asl_detach_focusing: bool = False      # True: no gradient through the focusing weight (ASL authors' code)
     gce_q: float = 0.7
     mllsc_tau_pos: float = 0.55
     mllsc_tau_neg: float = 0.6
@@ -209,7 +212,8 @@ class TrialConfig:
         if self.hidden_size % self.fusion_heads:
             fail("hidden_size", f"a multiple of fusion_heads ({self.fusion_heads})")
         for name, allowed in (("difficulty", DIFFICULTY_FORMS), ("selection_pass", SELECTION_PASSES),
-                              ("sampler", SAMPLERS), ("selection_signal", SELECTION_SIGNALS)):
+                              ("sampler", SAMPLERS), ("selection_signal", SELECTION_SIGNALS),
+                              ("rank_orientation", RANK_ORIENTATIONS)):
             if getattr(self, name) not in allowed:
                 fail(name, f"one of {allowed}")
         return self

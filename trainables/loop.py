@@ -5,11 +5,14 @@ which is also callable in a plain process (tests, debugging) with a `report` fun
 
 Per epoch, identically on every rank:
   1. train on this rank's shard of every global batch (`trainables.batching`), recording
-     per-pair probabilities into `PairStatistics` (METHOD §3);
+     per-pair probabilities into `PairStatistics` (METHOD §3) — or, with
+     ``selection_pass="eval"``, record them afterwards from an eval-mode, no-grad pass over the
+     whole train split (the model as it ends the epoch: no dropout, no noisy gating);
   2. gather the statistics by instance index onto every rank, close the epoch's bits;
   3. let the method update its state (MIRACL: selection, batched GMMs, correction — §3–§5);
-  4. compute correction diagnostics *outside* the method, against the clean labels it never
-     sees (§8), evaluate on the clean test split, step the cosine schedule;
+  4. compute correction and mechanism diagnostics *outside* the method, against the clean
+     labels it never sees (§8; `trainables.diagnostics`), evaluate on the clean test split,
+     step the cosine schedule;
   5. report one metrics dict (+ a checkpoint that resumes bit-for-bit: model, optimiser,
      scheduler, method state, statistics history; RNG streams are re-derived from
      (seed, epoch, rank) at every epoch start, so no RNG state needs saving).
@@ -39,8 +42,11 @@ from trainables import distributed
 from trainables.backbones import BACKBONES, build_backbone
 from trainables.batching import epoch_batches, shard, shard_weight
 from trainables.config import TrialConfig
+from trainables.diagnostics import (class_selection_metrics, correction_error_metrics, memorisation_metrics,
+                                    same_patient_share, selection_signal_aucs)
 from trainables.methods import METHODS, build_method
 from trainables.metrics import classification_metrics, correction_diagnostics
+from trainables.selection import oriented_rank
 from trainables.statistics import PairStatistics
 
 logger = logging.getLogger(__name__)
@@ -161,14 +167,18 @@ def run_training(loop_config: dict, report: ReportFunction,
             loss.backward()
             distributed.average_gradients(parameters)   # DDP gradient averaging (see its docstring)
             optimizer.step()
-            statistics.record_batch(positions, torch.sigmoid(output.logits.detach()), observed[positions])
+            if config.selection_pass == "train":
+                statistics.record_batch(positions, torch.sigmoid(output.logits.detach()), observed[positions])
             for name, value in {**terms.local, **terms.global_}.items():
                 term_sums[name] = term_sums.get(name, 0.0) + float(value.detach()) * len(positions)
         train_seconds = time.perf_counter() - epoch_start
 
         # 2.–3. statistics, selection, correction ------------------------------------------
         selection_start = time.perf_counter()
-        if world > 1:
+        if config.selection_pass == "eval":      # every rank receives all N rows: nothing to gather
+            statistics.record_batch(torch.arange(num_train, device=device),
+                                    _predict(model, train_set, position_of, rank, world, device), observed)
+        elif world > 1:
             statistics.gather(distributed.all_gather_variable)
         statistics.close_epoch()
         outcome = method.end_epoch(epoch, statistics)
@@ -183,6 +193,8 @@ def run_training(loop_config: dict, report: ReportFunction,
             partition=outcome.partition, predictions=statistics.probabilities)
         metrics.update(diagnostics)
         metrics.update({f"correction/{k}": v for k, v in outcome.diagnostics.items()})
+        metrics.update(_mechanism_diagnostics(statistics, outcome, observed, clean, flip_mask))
+        metrics["train/same_patient_share"] = same_patient_share(batches, patients)
 
         eval_start = time.perf_counter()
         probabilities = _predict(model, test_set, test_position_of, rank, world, device)
@@ -248,9 +260,11 @@ def _device() -> torch.device:
 
 
 @torch.inference_mode()
-def _predict(model, dataset: CohortDataset, test_position_of: torch.Tensor, rank: int, world: int,
+def _predict(model, dataset: CohortDataset, position_of: torch.Tensor, rank: int, world: int,
              device: torch.device) -> torch.Tensor:
-    """Sigmoid probabilities for the whole test split (each rank a contiguous shard, gathered)."""
+    """Eval-mode sigmoid probabilities for a whole split (the test split, or the train split for
+    ``selection_pass="eval"``), len(dataset)×L in dataset order: each rank predicts a contiguous
+    shard, rows are gathered onto every rank. position_of: global instance index -> row."""
     model.eval()
     positions = shard(np.arange(len(dataset)), rank, world)
     loader = DataLoader(dataset, batch_sampler=np.array_split(positions, max(1, -(-len(positions) // EVAL_BATCH_SIZE))),
@@ -259,13 +273,29 @@ def _predict(model, dataset: CohortDataset, test_position_of: torch.Tensor, rank
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         outputs.append(torch.sigmoid(model(batch).logits).float())
-        indices.append(test_position_of[batch["index"].cpu()].to(device))
+        indices.append(position_of[batch["index"].cpu()].to(device))
     local_index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
     local_output = torch.cat(outputs) if outputs else torch.zeros(0, 1, device=device)
     full = distributed.gather_rows(local_index, local_output, len(dataset))
     if torch.isnan(full).any():
-        raise RuntimeError("evaluation: some test instances received no prediction")
+        raise RuntimeError("evaluation: some instances received no prediction")
     return full
+
+
+def _mechanism_diagnostics(statistics: PairStatistics, outcome, observed: torch.Tensor, clean: torch.Tensor,
+                           flip_mask: torch.Tensor) -> dict[str, float]:
+    """`trainables.diagnostics` over the epoch's statistics and the method's outcome (clean labels
+    and flip mask enter here, outside the method)."""
+    predictions = statistics.probabilities
+    metrics = memorisation_metrics(predictions, observed, flip_mask)
+    metrics.update(correction_error_metrics(outcome.corrected, observed, clean, flip_mask, predictions))
+    metrics.update(class_selection_metrics(outcome.partition, observed, flip_mask, outcome.negative_candidates))
+    signals = {"rank": oriented_rank(predictions, observed),
+               "difficulty_durations": statistics.difficulty("durations"),
+               "difficulty_events": statistics.difficulty("events"),
+               "bce": statistics.bce, "z_tilde": outcome.z_tilde}
+    metrics.update(selection_signal_aucs(signals, observed, flip_mask))
+    return metrics
 
 
 def _train_terms(term_sums: dict[str, float], num_train: int, device: torch.device) -> dict[str, float]:

@@ -536,7 +536,7 @@ def pair_loss_for(config: "TrialConfig", method: str | None = None) -> Callable[
         "bce": {},
         "focal": {"gamma": config.focal_gamma, "alpha": config.focal_alpha},
         "asl": {"gamma_negative": config.asl_gamma_neg, "gamma_positive": config.asl_gamma_pos,
-                "clip": config.asl_clip},
+                "clip": config.asl_clip, "detach_focusing_weight": config.asl_detach_focusing},
         "gce": {"q": config.gce_q},
         "mllsc": {"tau_positive": config.mllsc_tau_pos, "tau_negative": config.mllsc_tau_neg,
                   "margin": config.mllsc_margin, "gamma": config.mllsc_gamma},

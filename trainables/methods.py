@@ -52,12 +52,16 @@ class EpochOutcome:
 
     corrected   N×L soft labels used from the next epoch on (None: no correction active)
     partition   N×L int8 (0 clean, 1 uncertain, 2 noisy) or None
+    z_tilde     N×L float64 selection metric Z̃ (Eq. 2) the partition was fitted on, or None
+    negative_candidates  N×L bool, observed negatives inside Z⁻ (Eq. 6), or None
     diagnostics scalar values reported under ``correction/``
     artifact    arrays for the selection artifact (.npz) or None
     """
 
     corrected: torch.Tensor | None = None
     partition: torch.Tensor | None = None
+    z_tilde: torch.Tensor | None = None
+    negative_candidates: torch.Tensor | None = None
     diagnostics: dict[str, float] = field(default_factory=dict)
     artifact: dict[str, np.ndarray] | None = None
 
@@ -165,7 +169,8 @@ class MiraclMethod(Method):
         difficulty = (statistics.difficulty(config.difficulty)
                       if config.selection_signal == "rank_difficulty" else None)
         selection = selection_metric(probabilities, self.observed, difficulty=difficulty, alpha=config.alpha,
-                                     signal=config.selection_signal, bce=statistics.bce)
+                                     signal=config.selection_signal, bce=statistics.bce,
+                                     rank_orientation=config.rank_orientation)
         num_groups = 2 * self.observed.shape[1]
         mixtures = fit_group_mixtures(selection.z_tilde, selection.group_id, num_groups,
                                       min_group=config.gmm_min_group, seed=config.effective_gmm_seed,
@@ -177,7 +182,8 @@ class MiraclMethod(Method):
         self.corrected = result.corrected
         diagnostics = {"gmm_fallback_groups": int(mixtures.fallback.sum()),
                        "negative_candidates": int(result.negative_candidates.sum())}
-        return EpochOutcome(corrected=self.corrected, partition=mixtures.partition, diagnostics=diagnostics,
+        return EpochOutcome(corrected=self.corrected, partition=mixtures.partition, z_tilde=selection.z_tilde,
+                            negative_candidates=result.negative_candidates, diagnostics=diagnostics,
                             artifact=self._artifact(selection, mixtures))
 
     def _artifact(self, selection, mixtures) -> dict[str, np.ndarray] | None:

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 
 SELECTION_SIGNALS = ("rank_difficulty", "loss")
+RANK_ORIENTATIONS = ("class_aware", "reference")
 EPSILON = 1e-6
 
 
@@ -53,12 +54,20 @@ def label_ranks(probabilities: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(1, order, positions)
 
 
-def oriented_rank(probabilities: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
-    """Class-aware rank R (§3, resolved): r for observed positives, L + 1 − r for negatives.
+def oriented_rank(probabilities: torch.Tensor, observed: torch.Tensor,
+                  orientation: str = "class_aware") -> torch.Tensor:
+    """Rank term R of Eq. 2 from the per-instance ranks r (`label_ranks`). N×L → int64 N×L in 1..L.
 
-    Larger R means "more likely corrupted" for both classes. N×L → int64 N×L in 1..L.
+    ``class_aware`` (§3, resolved; default): r for observed positives, L + 1 − r for observed
+    negatives, so larger R means "more likely corrupted" for both classes.
+    ``reference``: r for both classes, as the public reference code (for observed negatives a
+    confidently predicted 0 then scores as *more* likely corrupted).
     """
+    if orientation not in RANK_ORIENTATIONS:
+        raise SelectionError(f"oriented_rank: orientation {orientation!r}, expected one of {RANK_ORIENTATIONS}")
     ranks = label_ranks(probabilities)
+    if orientation == "reference":
+        return ranks
     return torch.where(observed > 0.5, ranks, probabilities.shape[1] + 1 - ranks)
 
 
@@ -95,11 +104,11 @@ def group_normalise(values: torch.Tensor, group_id: torch.Tensor, num_groups: in
 def selection_metric(probabilities: torch.Tensor, observed: torch.Tensor,
                      difficulty: torch.Tensor | None, alpha: float,
                      signal: str = "rank_difficulty", bce: torch.Tensor | None = None,
-                     epsilon: float = EPSILON) -> SelectionResult:
+                     rank_orientation: str = "class_aware", epsilon: float = EPSILON) -> SelectionResult:
     """Z̃ per pair (Eq. 2 with METHOD §3's resolutions). Inputs N×L; returns `SelectionResult`.
 
     signal="rank_difficulty": Z = α·R̃ + (1−α)·D̃ where R̃, D̃ are the oriented rank
-    (`oriented_rank`) and the difficulty (Eq. 1) min–max normalised within each group
+    (`oriented_rank` with `rank_orientation`) and the difficulty (Eq. 1) min–max normalised within each group
     g = (l, c) (constant group → 0). α = 1 is "rank only" (difficulty may be None), α = 0
     "difficulty only".
     signal="loss" ("w/ Loss only", Table 4): Z = group-normalised per-pair BCE against the
@@ -123,7 +132,8 @@ def selection_metric(probabilities: torch.Tensor, observed: torch.Tensor,
     else:
         z = torch.zeros(probabilities.shape, dtype=torch.float64, device=probabilities.device)
         if alpha > 0:
-            z = z + alpha * group_normalise(oriented_rank(probabilities, observed), group_id, num_groups)
+            z = z + alpha * group_normalise(oriented_rank(probabilities, observed, rank_orientation),
+                                         group_id, num_groups)
         if alpha < 1:
             if difficulty is None or difficulty.shape != probabilities.shape:
                 raise SelectionError(
