@@ -1,17 +1,14 @@
 """Raw route vs the official pipeline on the real MIMIC-III demo (slow; needs the shared data folder).
 
-``SHARED/data/mimic3-demo/raw/`` is the MIMIC-III Clinical Database Demo v1.4 and
-``SHARED/data/mimic3-demo/mimic3-benchmarks-output/phenotyping/`` what mimic3-benchmarks' five
+``DEMO/raw/`` is the MIMIC-III Clinical Database Demo v1.4 and
+``DEMO/mimic3-benchmarks-output/phenotyping/`` what mimic3-benchmarks' five
 scripts make of it. The cohort `data.mimic3_raw.read_mimic3_raw` builds from the former must
 equal the one `data.readers.read_mimic3_phenotyping` reads from the latter: stays, splits,
 labels, period lengths, every series row (Hours and values) and every discretised cell.
-SHARED is ``$MIRACL_SHARED_DIR``, by default ``<repository>/../shared``; the test skips,
-saying so, when the data is not there.
+DEMO is found by `tests/mimic3_demo.py` (``$MIMIC3_DEMO_DIR`` or a ``shared/data/mimic3-demo`` folder
+beside the checkout); the test skips, saying so, when the data is not there.
 """
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -21,18 +18,9 @@ from data.discretise import discretise
 from data.mimic3_raw import read_mimic3_raw
 from data.readers import read_mimic3_phenotyping
 from data.schema import VARIABLES
+from mimic3_demo import mimic3_demo
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("MIRACL_SHARED_DIR", REPOSITORY.parent / "shared"))
-DEMO = SHARED / "data" / "mimic3-demo"
-RAW, OFFICIAL = DEMO / "raw", DEMO / "mimic3-benchmarks-output" / "phenotyping"
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (RAW.is_dir() and OFFICIAL.is_dir()),
-                       reason=f"MIMIC-III demo not found under {DEMO} (set MIRACL_SHARED_DIR to the folder "
-                              "holding data/mimic3-demo/raw and mimic3-benchmarks-output/phenotyping)"),
-]
+pytestmark = pytest.mark.slow
 
 
 def _rows_by_stay(cohort) -> pd.DataFrame:
@@ -42,8 +30,9 @@ def _rows_by_stay(cohort) -> pd.DataFrame:
 
 
 def test_raw_demo_equals_official_pipeline():
-    official = read_mimic3_phenotyping(OFFICIAL)
-    raw = read_mimic3_raw(RAW, threads=1)
+    demo = mimic3_demo()
+    official = read_mimic3_phenotyping(demo / "mimic3-benchmarks-output" / "phenotyping")
+    raw = read_mimic3_raw(demo / "raw", threads=1)
     mine = raw.stays.set_index("stay")
     theirs = official.stays.set_index("stay")
     assert sorted(mine.index) == sorted(theirs.index)
