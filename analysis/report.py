@@ -39,9 +39,10 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import ArtifactError, load_selection_artifact
-from analysis.collect import (METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, IncompleteSweepError, ResultsError,
-                              annotate, config_columns, design_factors, format_cell, last_epoch,
-                              load_results, missing_by_sweep, noise_setting_order, varying_and_constant)
+from analysis.collect import (EXPECTED_TRIALS, METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, IncompleteSweepError,
+                              ResultsError, annotate, config_columns, design_factors, expected_cells_from_trials,
+                              format_cell, last_epoch, load_results, missing_by_sweep, noise_setting_order,
+                              varying_and_constant)
 from analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, has_columns,
                               save_figure, selection_components_plot, selection_histogram_plot,
                               sensitivity_plot, set_size_plot)
@@ -133,10 +134,8 @@ def _run_section(writer: _Writer, frame: pd.DataFrame, source: str) -> None:
 
 
 def _completeness_section(writer: _Writer, missing: list[dict[str, Any]], frame: pd.DataFrame,
-                          inferred: bool) -> None:
+                          how: str) -> None:
     writer.heading(2, "Completeness")
-    how = ("expected cells = the product of each sweep's observed methods, noise settings, seeds and "
-           "other design factors" if inferred else "expected cells as given by the caller")
     if not missing:
         writer.add(f"All expected cells have a finished trial ({how}).")
         return
@@ -379,7 +378,8 @@ def _sweep_kind(sweep: str, finals: pd.DataFrame, factors: Sequence[str]) -> lis
 def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: bool = False,
                  metric: str = "test/mAP", paired: bool = False,
                  expected_cells: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None,
-                 run_dir: str | Path | None = None, source: str = "") -> Path:
+                 run_dir: str | Path | None = None, source: str = "",
+                 expected_description: str = "expected cells as given by the caller") -> Path:
     """Write ``report.md`` (plus ``tables/`` and ``figures/``) for a results frame; returns its path.
 
     frame: results (all epochs; `load_results` output). metric: the primary metric (tables come
@@ -396,7 +396,10 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(run_dir) if run_dir is not None else None
     frame = annotate(frame)
-    inferred = expected_cells is None
+    how = expected_description
+    if expected_cells is None:
+        how = ("expected cells = the product of each sweep's observed methods, noise settings, seeds and "
+               "other design factors")
     if expected_cells is not None and not isinstance(expected_cells, pd.DataFrame):
         expected_cells = pd.DataFrame([dict(cell) for cell in expected_cells])
     missing = missing_by_sweep(frame, expected_cells, allow_partial=allow_partial)
@@ -407,7 +410,7 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
     writer = _Writer(out_dir)
     writer.add("# MIRACL grid report")
     _run_section(writer, frame, source or str(run_dir or ""))
-    _completeness_section(writer, missing, frame, inferred)
+    _completeness_section(writer, missing, frame, how)
     for sweep in sorted(frame["sweep"].unique(), key=lambda name: (name not in KNOWN_SWEEPS,
                                                                    KNOWN_SWEEPS.index(name) if name in KNOWN_SWEEPS else 0, name)):
         sweep_finals = finals.loc[finals["sweep"] == sweep]
@@ -446,13 +449,20 @@ def write_report(run_dir: str | Path, *, allow_partial: bool = False, metric: st
                  out: str | Path | None = None, paired: bool = False,
                  expected_cells: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None) -> Path:
     """Load `run_dir` (results.parquet or Tune directory) and write ``report.md`` under `out`
-    (default: `run_dir`, or the folder of a results file). Returns the report's path."""
+    (default: `run_dir`, or the folder of a results file). Returns the report's path.
+    Expected cells default to the sweep's registered trials (``trials.parquet``) where the grid
+    wrote them, else they are inferred from the results."""
     run_dir = Path(run_dir)
     frame = load_results(run_dir)
     base = run_dir if run_dir.is_dir() else run_dir.parent
+    description = "expected cells as given by the caller"
+    if expected_cells is None and EXPECTED_TRIALS in frame.attrs:
+        expected_cells = expected_cells_from_trials(frame.attrs[EXPECTED_TRIALS])
+        description = (f"expected cells = every trial registered by the sweep's commands "
+                       f"({len(frame.attrs[EXPECTED_TRIALS])} in trials.parquet), finished or not")
     return build_report(frame, Path(out) if out is not None else base, allow_partial=allow_partial,
                         metric=metric, paired=paired, expected_cells=expected_cells, run_dir=base,
-                        source=frame.attrs.get("source", str(run_dir)))
+                        source=frame.attrs.get("source", str(run_dir)), expected_description=description)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
