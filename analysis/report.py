@@ -47,9 +47,9 @@ from analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_acc
                               save_figure, selection_components_plot, selection_histogram_plot,
                               sensitivity_plot, set_size_plot)
 from analysis.labels import REFERENCE_METHOD
-from analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, metric_name,
-                             noise_rate_table, runtime_table, sensitivity_table, significance_report, slug,
-                             stability_table)
+from analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, markdown_code,
+                             markdown_text, metric_name, noise_rate_table, runtime_table, sensitivity_table,
+                             significance_report, slug, stability_table)
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,10 @@ class _Writer:
         self.lines.extend(["", f"<sub>{links}</sub>", ""])
 
     def figure(self, figure: Any, name: str, caption: str) -> None:
-        paths = save_figure(figure, self.figures_dir / name)
+        paths = save_figure(figure, self.figures_dir / slug(name))
         png = next(path for path in paths if path.suffix == ".png")
         svg = [path for path in paths if path.suffix == ".svg"]
+        caption = markdown_text(caption)
         self.lines.append(f"![{caption}]({png.relative_to(self.out_dir).as_posix()})")
         if svg:
             self.lines.append(f"<sub>{caption} ([svg]({svg[0].relative_to(self.out_dir).as_posix()}))</sub>")
@@ -126,10 +127,10 @@ def _key_value_table(name: str, title: str, items: Mapping[str, Any], header: tu
 def _run_section(writer: _Writer, frame: pd.DataFrame, source: str) -> None:
     writer.heading(2, "Run")
     trials = last_epoch(frame)
-    writer.add(f"- results: `{source}`",
+    writer.add(f"- results: {markdown_code(source)}",
                f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-               f"- sweeps: {', '.join(f'`{name}`' for name in sorted(frame['sweep'].unique()))}",
-               f"- trials: {len(trials)} ({', '.join(f'{status} {count}' for status, count in trials['status'].value_counts().items())}); "
+               f"- sweeps: {', '.join(markdown_code(name) for name in sorted(frame['sweep'].unique()))}",
+               f"- trials: {len(trials)} ({', '.join(f'{markdown_text(status)} {count}' for status, count in trials['status'].value_counts().items())}); "
                f"epoch rows: {len(frame)}")
 
 
@@ -141,13 +142,14 @@ def _completeness_section(writer: _Writer, missing: list[dict[str, Any]], frame:
         return
     writer.add(f"**{len(missing)} expected cell(s) have no finished trial** ({how}); tables mark the "
                "affected cells with † and empty ones with —:", "")
-    writer.add(*[f"- {format_cell(cell)}" for cell in missing[:200]])
+    writer.add(*[f"- {markdown_text(format_cell(cell))}" for cell in missing[:200]])
     if len(missing) > 200:
         writer.add(f"- … and {len(missing) - 200} more")
     failed = last_epoch(frame).loc[lambda rows: rows["status"] != "TERMINATED", ["trial_id", "status", "epoch"]]
     if not failed.empty:
         writer.add("", "Trials that did not finish:", "")
-        writer.add(*[f"- `{row.trial_id}`: {row.status} after epoch {row.epoch}" for row in failed.itertuples()])
+        writer.add(*[f"- {markdown_code(row.trial_id)}: {markdown_text(row.status)} after epoch {row.epoch}"
+                     for row in failed.itertuples()])
 
 
 def _missing_for(missing: Iterable[Mapping[str, Any]], sweep: str) -> list[dict[str, Any]]:
@@ -180,7 +182,7 @@ def _sensitivity_sections(writer: _Writer, finals: pd.DataFrame, sweep: str, par
     bare = parameter.removeprefix("config/")
     symbol = {"lambda_cons": "λ_cons", "alpha": "α"}.get(bare, bare)
     reference = " (Fig. 3)" if bare == "lambda_cons" else ""
-    writer.heading(3, f"Sensitivity to {symbol}{reference}")
+    writer.heading(3, f"Sensitivity to {markdown_text(symbol)}{reference}")
     methods = sorted(finals[METHOD_LABEL].unique())
     for method in methods:
         subset = finals.loc[finals[METHOD_LABEL] == method]
@@ -257,7 +259,7 @@ def _artifact_sections(writer: _Writer, rows: pd.DataFrame, sweep: str, run_dir:
         try:
             artifact = load_selection_artifact(path)
         except ArtifactError as error:
-            writer.note(f"{row[METHOD_LABEL]}, {setting}: {error}")
+            writer.note(markdown_text(f"{row[METHOD_LABEL]}, {setting}: {error}"))
             continue
         caption = (f"{row[METHOD_LABEL]}, {setting}, seed {_value_text(row[SEED_COLUMN])}, epoch "
                    f"{artifact.epoch if artifact.epoch is not None else row['epoch']}: Z̃ histograms by partition "
@@ -276,9 +278,9 @@ def _config_section(writer: _Writer, frame: pd.DataFrame) -> None:
     for sweep, group in finals.groupby("sweep", sort=True):
         columns = config_columns(group)
         varying, constant = varying_and_constant(group, columns)
-        writer.heading(3, f"Sweep `{sweep}`")
+        writer.heading(3, f"Sweep {markdown_code(sweep)}")
         listing = group[["trial_id", "status", "epoch", *columns]]
-        path = writer.tables_dir / f"{sweep}_trial_configs.csv"
+        path = writer.tables_dir / f"{slug(sweep)}_trial_configs.csv"
         writer.tables_dir.mkdir(parents=True, exist_ok=True)
         listing.to_csv(path, index=False)
         writer.add(f"{len(group)} trials; full config of every trial: "
@@ -286,7 +288,8 @@ def _config_section(writer: _Writer, frame: pd.DataFrame) -> None:
         if varying:
             shown = [column for column in varying if column not in SEED_LIKE]
             writer.add("Varying fields: " + "; ".join(
-                f"`{column.removeprefix('config/')}` ∈ {{{', '.join(_value_text(value) for value in dict.fromkeys(group[column].tolist()))}}}"
+                f"{markdown_code(column.removeprefix('config/'))} ∈ "
+                f"{{{markdown_text(', '.join(_value_text(value) for value in dict.fromkeys(group[column].tolist())))}}}"
                 for column in varying), "")
             if shown:
                 combos = (group[shown].astype(object).map(_value_text).value_counts(sort=False).reset_index(name="trials"))
@@ -415,7 +418,7 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
                                                                    KNOWN_SWEEPS.index(name) if name in KNOWN_SWEEPS else 0, name)):
         sweep_finals = finals.loc[finals["sweep"] == sweep]
         sweep_rows = frame.loc[(frame["sweep"] == sweep) & frame["trial_id"].isin(sweep_finals["trial_id"])]
-        writer.heading(2, f"Sweep: {sweep}")
+        writer.heading(2, f"Sweep: {markdown_text(sweep)}")
         if sweep_finals.empty:
             writer.add("No finished trial in this sweep.")
             continue
@@ -426,7 +429,7 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
                 _main_sections(writer, sweep_finals, sweep, metric, paired, sweep_missing)
             elif kind == "sensitivity":
                 if parameter not in sweep_finals.columns or sweep_finals[parameter].nunique() < 2:
-                    writer.note(f"`{parameter}` does not vary in this sweep; no sensitivity curve.")
+                    writer.note(f"{markdown_code(parameter)} does not vary in this sweep; no sensitivity curve.")
                     continue
                 _sensitivity_sections(writer, sweep_finals, sweep, parameter, metric)
             elif kind == "ablation":

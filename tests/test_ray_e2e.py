@@ -161,6 +161,76 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning(ray_session, tiny_coh
     assert set(frame["status"]) == {"TERMINATED"}
 
 
+def _driver(ray_session, arguments):
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    return subprocess.Popen([sys.executable, str(REPOSITORY / "grid" / "run.py"), *arguments,
+                             "--address", ray_session.get_runtime_context().gcs_address],
+                            env=environment, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize("stop_signal,exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_stop_cleanly_with_results_and_report(ray_session, tiny_cohort, tmp_path,
+                                                                stop_signal, exit_code):
+    from grid.run import main
+
+    epochs = 30
+    arguments = _grid_arguments(tiny_cohort, tmp_path, "--max-concurrent", "1", epochs=epochs)
+    experiment = tmp_path / "lambda_cons"
+    driver = _driver(ray_session, arguments)
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline:
+            done = sorted(_epochs_done(t) for t in _trial_dirs(experiment))
+            if len(done) == 2 and done[1] == epochs and done[0] >= 1:
+                break
+            assert driver.poll() is None, "driver exited before it could be interrupted"
+            time.sleep(0.2)
+        else:
+            pytest.fail("the sweep did not reach the interruption point in time")
+        driver.send_signal(stop_signal)
+        _, error = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode == exit_code, error[-3000:]
+    assert "Traceback" not in error and "--resume" in error
+    trials = pd.read_parquet(experiment / "trials.parquet")
+    assert sorted(trials["status"]) == ["INCOMPLETE", "TERMINATED"]
+    frame = pd.read_parquet(experiment / "results.parquet")
+    assert frame.loc[frame["status"] == "TERMINATED", "epoch"].tolist() == list(range(1, epochs + 1))
+    report = (experiment / "report.md").read_text()
+    assert "1 expected cell(s) have no finished trial" in report
+    assert not (experiment / "sweep.lock").exists()
+
+    assert main(arguments + ["--resume"]) == 0
+    frame = pd.read_parquet(experiment / "results.parquet")
+    assert frame.groupby("trial_id")["epoch"].apply(list).tolist() == [list(range(1, epochs + 1))] * 2
+    assert "All expected cells have a finished trial" in (experiment / "report.md").read_text()
+
+
+def test_widened_sweep_runs_only_the_new_cells(ray_session, tiny_cohort, tmp_path):
+    from grid.run import main
+
+    experiment = tmp_path / "lambda_cons"
+    assert main(_grid_arguments(tiny_cohort, tmp_path)) == 0
+    first = _trial_dirs(experiment)
+    before = {t.name: _snapshot(t) for t in first}
+    widened = _grid_arguments(tiny_cohort, tmp_path)
+    widened[widened.index("--seeds") + 1] = "30,40"
+    assert main(widened) == 0
+    runs = sorted((experiment / "tune").glob("run-*"))
+    scheduled = sorted(path.name for path in runs[-1].iterdir() if path.is_dir())
+    assert len(scheduled) == 2 and all("_s40-" in name for name in scheduled)
+    assert {t.name: _snapshot(t) for t in first} == before
+    frame = pd.read_parquet(experiment / "results.parquet")
+    assert frame["trial_id"].nunique() == 4 and len(frame) == 4 * TINY["epochs"]
+    report = (experiment / "report.md").read_text()
+    assert "All expected cells have a finished trial" in report and "4 in trials.parquet" in report
+
+
 def test_every_method_runs_through_the_ddp_grid(ray_session, tiny_cohort, tmp_path):
     """The `main` sweep's ten methods/backbones, two epochs each, each a 2-worker DDP trial."""
     from grid.run import main
