@@ -30,10 +30,14 @@ def _arguments(cohort, storage, *extra):
 
 @pytest.fixture
 def fake_training(monkeypatch, tmp_path):
-    runs: list[list[str]] = []
+    class Runs(list):
+        max_failures = None
+
+    runs = Runs()
 
     def train(args, folder, to_run, cohort_dir, stop_requests):
         runs.append(sorted(identity for identity, _ in to_run))
+        runs.max_failures = args.max_failures
         for identity, trial in to_run:
             publish_epochs(folder, identity, range(1, int(trial.config["epochs"]) + 1), tmp_path / f"run{len(runs)}")
         return {}
@@ -65,8 +69,9 @@ def test_a_widened_or_changed_command_runs_only_its_new_cells(tiny_cohort, tmp_p
 
     # a changed value of finished cells: new cells beside them, never an overwrite
     assert main(_arguments(tiny_cohort, tmp_path, "--seeds", "30", "--set", "learning_rate=0.002",
-                           "--resume")) == 0
+                           "--resume", "--max-failures", "0")) == 0
     changed = fake_training[-1]
+    assert fake_training.max_failures == 0                                          # the new command's setting
     assert len(changed) == 2 and not set(changed) & set(first)
     assert _snapshot(sweep, first) == before
     frame = pd.read_parquet(sweep / "results.parquet")

@@ -4,7 +4,6 @@ All `slow` (a Ray Train worker group costs ~10 s to start here); the `ci` ones r
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TINY = dict(epochs=2, warmup_epochs=1, batch_size=32, hidden_size=32, fusion_layers=1, num_experts=4,
