@@ -5,7 +5,8 @@ a fresh sweep folder: `python grid/run.py` in a subprocess (connected to the ses
 of its process group once the trials have checkpointed a random number k of epochs in total
 (k uniform in 0 .. 2·epochs−1, then a random 0–1 s more, so kills land during start-up,
 mid-epoch, between a checkpoint and its report, and after a trial finished), then the same
-command with ``--resume``, which must exit 0. Checked per iteration:
+command with ``--resume`` (without it when the kill came before the sweep folder was
+registered: nothing to resume), which must exit 0. Checked per iteration:
 
   - every trial has each epoch 1..E exactly once in `results.parquet`, status TERMINATED;
   - every trial's last-epoch metrics equal the reference run's (exactly; time/* and paths aside).
@@ -143,8 +144,12 @@ def main() -> int:
         driver.wait()
         at_kill = epochs_checkpointed(sweep)
         not_interrupted += not interrupted
+        # a kill before the driver registered the sweep leaves nothing to resume (`--resume` says
+        # so and exits 2, tested elsewhere): then the same command without it starts the sweep
+        registered = (sweep / "sweep.json").is_file()
         resume_started = time.perf_counter()
-        resumed = subprocess.run(command(cohort, storage, args.epochs, concurrent, address, "--resume"),
+        resumed = subprocess.run(command(cohort, storage, args.epochs, concurrent, address,
+                                         *(["--resume"] if registered else [])),
                                  stdout=log, stderr=subprocess.STDOUT)
         log.close()
         resume_s = time.perf_counter() - resume_started
@@ -156,7 +161,8 @@ def main() -> int:
             problems.append("no results.parquet")
         passed += not problems
         outcomes.append({"iteration": iteration, "concurrent": concurrent, "target": target,
-                         "epochs_at_kill": at_kill, "interrupted": interrupted, "resume_s": round(resume_s, 1),
+                         "epochs_at_kill": at_kill, "interrupted": interrupted, "registered": registered,
+                         "resume_s": round(resume_s, 1),
                          "ok": not problems, "problems": problems[:5]})
         print(json.dumps(outcomes[-1]), flush=True)
     ray.shutdown()

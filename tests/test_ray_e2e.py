@@ -19,7 +19,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 TINY = dict(epochs=2, warmup_epochs=1, batch_size=32, hidden_size=32, fusion_layers=1, num_experts=4,
             top_k_experts=2, max_note_tokens=32, max_series_bins=24, cosine_t_max=2)
 
-pytestmark = [pytest.mark.slow, pytest.mark.ci]
+pytestmark = pytest.mark.slow
 
 
 def _fit(cohort, storage, name, workers, trial=None, fail_once=None):
@@ -43,6 +43,7 @@ def _state(storage, name, epoch):
     return load_training_state(store.download(checkpoint, storage / f"{name}_epoch{epoch}"))
 
 
+@pytest.mark.ci
 def test_two_worker_ddp_matches_one_worker(ray_session, tiny_cohort, tmp_path):
     single = _fit(tiny_cohort, tmp_path, "one", workers=1)
     double = _fit(tiny_cohort, tmp_path, "two", workers=2)
@@ -61,6 +62,7 @@ def test_two_worker_ddp_matches_one_worker(ray_session, tiny_cohort, tmp_path):
     assert abs(single.metrics["test/mAP"] - double.metrics["test/mAP"]) < 5e-3
 
 
+@pytest.mark.ci
 def test_worker_killed_mid_trial_restarts_from_checkpoint(ray_session, tiny_cohort, tmp_path):
     trial = {"epochs": 3}
     reference = _fit(tiny_cohort, tmp_path, "reference", workers=2, trial=trial)
@@ -79,6 +81,7 @@ def _grid_arguments(cohort, storage, *extra, epochs=TINY["epochs"]):
             "--storage", str(storage), *extra]
 
 
+@pytest.mark.ci
 def test_grid_two_trials_with_two_ddp_workers(ray_session, tiny_cohort, tmp_path):
     from grid.run import main
 
@@ -115,6 +118,7 @@ def _trial_dirs(experiment: Path) -> list[Path]:
     return sorted((experiment / "trials").glob("*"))
 
 
+@pytest.mark.ci
 def test_driver_killed_mid_sweep_resumes_without_rerunning(ray_session, tiny_cohort, tmp_path):
     """The driver dies (SIGKILL) with one trial finished and one part-way; `--resume` continues
     the unfinished one from the newest checkpoint on storage (whatever Tune had saved) and
@@ -229,6 +233,7 @@ def test_widened_sweep_runs_only_the_new_cells(ray_session, tiny_cohort, tmp_pat
     assert "All expected cells have a finished trial" in report and "4 in trials.parquet" in report
 
 
+@pytest.mark.ci
 def test_every_method_runs_through_the_ddp_grid(ray_session, tiny_cohort, tmp_path):
     """The `main` sweep's ten methods/backbones, two epochs each, each a 2-worker DDP trial."""
     from grid.run import main
