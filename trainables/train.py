@@ -114,14 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(address=args.address, include_dashboard=False, log_to_driver=True)
     storage = str(Path(args.storage).resolve()) if "://" not in args.storage else args.storage
     name = args.name or f"{config.method}_{config.backbone}_{config.content_hash()}"
+    checkpoint_root = f"{storage.rstrip('/')}/{name}/checkpoints"
     trainer = build_trainer({"trial": config.to_flat_dict(), "cohort_dir": str(cohort),
                              "threads": max(1, int(args.cpus_per_worker)),
-                             "checkpoint_root": f"{storage.rstrip('/')}/{name}/checkpoints"},
+                             "checkpoint_root": checkpoint_root},
                             workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                             gpus_per_worker=args.gpus_per_worker, storage_path=storage, name=name,
                             max_failures=args.max_failures)
     result = trainer.fit()
-    metrics = {k: v for k, v in (result.metrics or {}).items() if not k.startswith("artifact/")}
+    from trainables.checkpoints import CheckpointStore
+
+    history = CheckpointStore(checkpoint_root).history()    # the trial's own record of every epoch
+    metrics = {k: v for k, v in (history[-1] if history else {}).items() if not k.startswith("artifact/")}
     print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     print(f"run directory: {result.path}")
     return 0
