@@ -253,6 +253,9 @@ def _train_and_collect(args, folder, cells, cohort_dir: Path, stop_requests: lis
     if failures:
         print(f"{len(failures)} trial(s) failed after retries:", *(f"{k}: {v}" for k, v in failures.items()),
               sep="\n  ", file=sys.stderr)
+        if any(message.startswith("storage full") for message in failures.values()):
+            print(f"error: storage full while trials wrote checkpoints; earlier checkpoints and results in "
+                  f"{folder.uri} are intact: free space, then run the same command with --resume", file=sys.stderr)
     if not args.no_report and folder.local_dir() is not None:
         _report(folder, complete=not (expected["status"] != FINISHED_STATUS).any())
     if stop_requests or (unfinished and not failures):
@@ -302,7 +305,8 @@ def _run_trials(args, folder, to_run, cohort_dir: Path, stop_requests: list) -> 
             continue
         identity = Path(result.path).name          # the Tune trial folder is named by trial id
         message = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
-        if storage_full(result.error) or "No space left on device" in str(result.error):
+        if storage_full(result.error) or any(text in str(result.error)
+                                             for text in ("No space left on device", "storage full")):
             message = f"storage full ({message})"
         failures[identity] = message
         folder.record_failure(identity, message)
