@@ -200,7 +200,7 @@ def test_ctrl_c_or_sigterm_stop_cleanly_with_results_and_report(ray_session, tin
         else:
             pytest.fail("the sweep did not reach the interruption point in time")
         driver.send_signal(stop_signal)
-        _, error = driver.communicate(timeout=300)
+        _, error = driver.communicate(timeout=900)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
