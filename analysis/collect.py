@@ -1,11 +1,10 @@
 """Read a run's results into one tidy frame, select last epochs, check that a sweep is complete.
 
-Input is either the grid's ``results.parquet`` (one row per trial × epoch, schema in
-ARCHITECTURE §8) or, when that file is absent, a Ray Tune experiment directory: every trial
-folder holds a ``result.json`` with one JSON object per line (one per reported epoch). In such
-a line the reported metrics are top-level keys (``"test/mAP"``; nested dicts are flattened with
-``/``), ``"config"`` holds either ``{"trial": {<flat TrialConfig dict>}, ...}`` or the flat
-dict itself, and Tune adds ``trial_id``, ``training_iteration``, ``time_total_s``.
+Input is the grid's ``results.parquet`` (one row per trial × epoch, schema in README
+"Results"), or — when that file is absent — the grid's sweep folder itself, read by
+`grid.results.collect_sweep` (the one reader of that layout; files only, no Ray). Next to the
+results, ``trials.parquet`` lists every trial the sweep registered, finished or not: the
+expected cells come from it (`expected_cells_from_trials`), not from the rows that exist.
 
 Derived columns (`annotate`): ``noise_setting`` ('Sym. 20%', …) and ``method_label``
 ('MIRACL', 'FlexCare', …), see `analysis.labels`.
@@ -15,7 +14,6 @@ No torch or ray here: a results file opened on a laptop is enough.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +28,8 @@ from analysis.labels import method_label, noise_setting_label, noise_setting_sor
 logger = logging.getLogger(__name__)
 
 RESULTS_FILENAME = "results.parquet"
-TUNE_RESULT_FILENAME = "result.json"
+TRIALS_FILENAME = "trials.parquet"
+EXPECTED_TRIALS = "expected_trials"       # frame.attrs key: the trials.parquet frame, when known
 NOISE_SETTING = "noise_setting"
 METHOD_LABEL = "method_label"
 CONFIG_PREFIX = "config/"
@@ -40,13 +39,6 @@ ARM_COLUMNS = ("config/method", "config/backbone", "config/variant")
 REQUIRED_COLUMNS = ("trial_id", "epoch", "config/method", "config/noise_model", "config/rho_pos",
                     "config/rho_neg", "config/seed")
 FINISHED_STATUS = "TERMINATED"
-# Tune's own bookkeeping keys in result.json (not metrics of ours).
-_TUNE_KEYS = {"trial_id", "training_iteration", "time_total_s", "timestamp", "date", "time_this_iter_s",
-              "pid", "hostname", "node_ip", "done", "iterations_since_restore", "time_since_restore",
-              "checkpoint_dir_name", "experiment_tag", "should_checkpoint", "config", "episodes_total",
-              "timesteps_total", "timesteps_since_restore", "experiment_id"}
-
-
 class ResultsError(ValueError):
     """A results file or directory that cannot be read; the message names the path and field."""
 
@@ -70,29 +62,35 @@ class IncompleteSweepError(ResultsError):
 # Loading
 # --------------------------------------------------------------------------------------------
 def load_results(path: str | Path) -> pd.DataFrame:
-    """Read ``results.parquet`` (the file, or a directory holding it) or a Tune experiment dir.
+    """Read ``results.parquet`` (the file, or a sweep folder holding it) or a sweep folder without it.
 
     Returns one row per trial × epoch in the results schema (columns ``trial_id``, ``sweep``,
     ``experiment``, ``epoch``, ``is_last_epoch``, ``status``, ``config/*``, metrics …), sorted
-    by trial and epoch. Raises `ResultsError` for a missing path, an empty result, unreadable
-    lines or missing required columns (naming the file and the column).
+    by trial and epoch; ``frame.attrs["expected_trials"]`` holds the sweep's registered trials
+    (``trials.parquet``) where known. Raises `ResultsError` for a missing path, an empty
+    result, an unreadable file or missing required columns (naming the file and the column).
     """
     path = Path(path)
     if not path.exists():
         raise ResultsError(f"results path '{path}' does not exist")
+    expected = None
     if path.is_file():
         source = path
         frame = _read_parquet(path)
+        if (path.parent / TRIALS_FILENAME).is_file():
+            expected = _read_parquet(path.parent / TRIALS_FILENAME)
+    elif (path / RESULTS_FILENAME).is_file():
+        source = path / RESULTS_FILENAME
+        frame = _read_parquet(source)
+        if (path / TRIALS_FILENAME).is_file():
+            expected = _read_parquet(path / TRIALS_FILENAME)
     else:
-        parquet = path / RESULTS_FILENAME
-        if parquet.is_file():
-            source = parquet
-            frame = _read_parquet(parquet)
-        else:
-            source = path
-            frame = load_tune_experiment(path)
+        source = path
+        frame, expected = _read_sweep_folder(path)
     frame = _normalise(frame, source)
     frame.attrs["source"] = str(source)
+    if expected is not None and not expected.empty:
+        frame.attrs[EXPECTED_TRIALS] = expected
     return frame
 
 
@@ -103,111 +101,20 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise ResultsError(f"cannot read results file '{path}': {error}") from error
 
 
-def _flatten(prefix: str, value: Any, into: dict[str, Any], separator: str = "/") -> None:
-    if isinstance(value, Mapping):
-        for key, inner in value.items():
-            _flatten(f"{prefix}{separator}{key}" if prefix else str(key), inner, into, separator)
-    else:
-        into[prefix] = value
+def _read_sweep_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from grid.folder import TRIALS_FOLDER, FolderError
+    from grid.results import collect_sweep
 
-
-def _trial_config(config: Any, source: Path, line: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split Tune's ``config`` into (flat TrialConfig fields, other top-level keys)."""
-    if config is None:
-        return {}, {}
-    if not isinstance(config, Mapping):
-        raise ResultsError(f"{source}:{line}: field 'config' is {type(config).__name__}, expected an object")
-    if isinstance(config.get("trial"), Mapping):
-        trial = dict(config["trial"])
-        others = {key: value for key, value in config.items() if key != "trial"}
-    else:
-        trial, others = dict(config), {}
-    flat: dict[str, Any] = {}
-    for key, value in trial.items():
-        if key == "extra" and isinstance(value, Mapping):
-            _flatten("extra", value, flat, separator=".")
-        elif isinstance(value, Mapping):
-            _flatten(str(key), value, flat, separator=".")
-        else:
-            flat[str(key)] = value
-    return flat, others
-
-
-def _read_trial(result_path: Path, root: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    params_path = result_path.parent / "params.json"
-    fallback_config: Any = None
-    if params_path.is_file():
-        try:
-            fallback_config = json.loads(params_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ResultsError(f"{params_path}: not valid JSON ({error})") from error
-    with result_path.open() as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ResultsError(f"{result_path}:{line_number}: not a JSON object ({error})") from error
-            if not isinstance(record, dict):
-                raise ResultsError(f"{result_path}:{line_number}: expected a JSON object per line")
-            trial, others = _trial_config(record.get("config", fallback_config), result_path, line_number)
-            row: dict[str, Any] = {}
-            for key, value in record.items():
-                if key in _TUNE_KEYS:
-                    continue
-                _flatten(key, value, row)
-            row.update({f"{CONFIG_PREFIX}{key}": value for key, value in trial.items()})
-            row["trial_id"] = str(record.get("trial_id") or result_path.parent.name)
-            epoch = record.get("epoch", record.get("training_iteration"))
-            if epoch is None:
-                raise ResultsError(f"{result_path}:{line_number}: neither 'epoch' nor 'training_iteration'")
-            row["epoch"] = int(epoch)
-            for key in ("sweep", "experiment"):
-                value = record.get(key, others.get(key, trial.get(key, trial.get(f"extra.{key}"))))
-                if value is not None:
-                    row[key] = str(value)
-            row.setdefault("experiment", root.name)
-            if "time/trial_wall_s" not in row and record.get("time_total_s") is not None:
-                row["time/trial_wall_s"] = float(record["time_total_s"])
-            row["_done"] = bool(record.get("done", False))
-            rows.append(row)
-    errored = any((result_path.parent / name).exists() for name in ("error.txt", "error.pkl"))
-    if rows:
-        last = max(rows, key=lambda item: item["epoch"])
-        planned = last.get("config/epochs")
-        finished = last["_done"] or (planned is not None and last["epoch"] >= int(planned))
-        status = "ERROR" if errored else (FINISHED_STATUS if finished else "INCOMPLETE")
-        for row in rows:
-            row["status"] = status
-            row.pop("_done")
-    return rows
-
-
-def load_tune_experiment(directory: str | Path) -> pd.DataFrame:
-    """One row per trial × epoch from every ``result.json`` below `directory` (Ray Tune layout).
-
-    ``sweep`` is taken from the record, the config (top level or ``extra.sweep``), or else the
-    directory name. ``status`` is ERROR when the trial folder holds Tune's ``error.txt``,
-    TERMINATED when the trial reached ``config/epochs`` (or Tune marked it done), INCOMPLETE
-    otherwise.
-    """
-    root = Path(directory)
-    if not root.is_dir():
-        raise ResultsError(f"'{root}' is not a directory")
-    result_files = sorted(root.rglob(TUNE_RESULT_FILENAME))
-    if not result_files:
-        raise ResultsError(f"'{root}' holds neither {RESULTS_FILENAME} nor any Tune trial folder with "
-                           f"{TUNE_RESULT_FILENAME}")
-    rows = [row for path in result_files for row in _read_trial(path, root)]
-    if not rows:
-        raise ResultsError(f"'{root}': every {TUNE_RESULT_FILENAME} is empty (no epoch reported yet)")
-    frame = pd.DataFrame(rows)
-    if "sweep" not in frame.columns:
-        frame["sweep"] = root.name
-    frame["sweep"] = frame["sweep"].fillna(root.name)
-    return frame
+    if not (path / TRIALS_FOLDER).is_dir():
+        raise ResultsError(f"'{path}' holds neither {RESULTS_FILENAME} nor a grid sweep folder "
+                           f"({TRIALS_FOLDER}/<trial>/trial.json)")
+    try:
+        frame, expected = collect_sweep(str(path))
+    except (FolderError, ValueError) as error:
+        raise ResultsError(f"cannot read sweep folder '{path}': {error}") from error
+    if frame.empty:
+        raise ResultsError(f"'{path}': no trial has checkpointed an epoch yet ({len(expected)} registered)")
+    return frame, expected
 
 
 def _normalise(frame: pd.DataFrame, source: Path) -> pd.DataFrame:
@@ -396,6 +303,19 @@ def infer_expected_cells(frame: pd.DataFrame) -> pd.DataFrame:
         product = product.reset_index(drop=True)
         product.insert(0, "sweep", sweep)
         parts.append(product)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["sweep"])
+
+
+def expected_cells_from_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """Expected cells from the sweep's registered trials (``trials.parquet``: one row per trial
+    of every expansion run into the folder, finished or not): per sweep, the distinct values of
+    its `design_factors` over those trials. Columns as `infer_expected_cells`."""
+    parts = []
+    for sweep, group in annotate(trials).groupby("sweep", sort=True):
+        factors = design_factors(group)
+        cells = group[factors].drop_duplicates().reset_index(drop=True)
+        cells.insert(0, "sweep", sweep)
+        parts.append(cells)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["sweep"])
 
 

@@ -39,18 +39,19 @@ import numpy as np
 import pandas as pd
 
 from analysis.artifacts import ArtifactError, load_selection_artifact
-from analysis.collect import (METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, IncompleteSweepError, ResultsError,
-                              annotate, config_columns, design_factors, format_cell, last_epoch,
-                              load_results, missing_by_sweep, noise_setting_order, varying_and_constant)
+from analysis.collect import (EXPECTED_TRIALS, METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, IncompleteSweepError,
+                              ResultsError, annotate, config_columns, design_factors, expected_cells_from_trials,
+                              format_cell, last_epoch, load_results, missing_by_sweep, noise_setting_order,
+                              varying_and_constant)
 from analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, epoch_panels_plot,
                               has_columns, method_epoch_plot, save_figure, selection_components_plot,
                               selection_histogram_plot, sensitivity_plot, set_size_plot)
 from analysis.labels import REFERENCE_METHOD, method_sort_key
 from analysis.mechanism import (CORRECTION_COLUMNS, MEMORISATION_COLUMNS, SET_COLUMNS, auc_columns,
                                 diagnostics_table, epoch_peak_table, findings, run_context)
-from analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, metric_name,
-                             noise_rate_table, runtime_table, sensitivity_table, significance_report, slug,
-                             stability_table)
+from analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, markdown_code,
+                             markdown_text, metric_name, noise_rate_table, runtime_table, sensitivity_table,
+                             significance_report, slug, stability_table)
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +97,10 @@ class _Writer:
     def figure(self, figure: Any, name: str, caption: str) -> None:
         if self.context and "seed(s)" not in caption:
             caption = f"{caption} — {self.context}"
-        paths = save_figure(figure, self.figures_dir / name)
+        paths = save_figure(figure, self.figures_dir / slug(name))
         png = next(path for path in paths if path.suffix == ".png")
         svg = [path for path in paths if path.suffix == ".svg"]
+        caption = markdown_text(caption)
         self.lines.append(f"![{caption}]({png.relative_to(self.out_dir).as_posix()})")
         if svg:
             self.lines.append(f"<sub>{caption} ([svg]({svg[0].relative_to(self.out_dir).as_posix()}))</sub>")
@@ -133,31 +135,30 @@ def _key_value_table(name: str, title: str, items: Mapping[str, Any], header: tu
 def _run_section(writer: _Writer, frame: pd.DataFrame, source: str) -> None:
     writer.heading(2, "Run")
     trials = last_epoch(frame)
-    writer.add(f"- data, preset, epochs, seeds: {run_context(trials)}",
-               f"- results: `{source}`",
+    writer.add(f"- data, preset, epochs, seeds: {markdown_text(run_context(trials))}",
+               f"- results: {markdown_code(source)}",
                f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-               f"- sweeps: {', '.join(f'`{name}`' for name in sorted(frame['sweep'].unique()))}",
-               f"- trials: {len(trials)} ({', '.join(f'{status} {count}' for status, count in trials['status'].value_counts().items())}); "
+               f"- sweeps: {', '.join(markdown_code(name) for name in sorted(frame['sweep'].unique()))}",
+               f"- trials: {len(trials)} ({', '.join(f'{markdown_text(status)} {count}' for status, count in trials['status'].value_counts().items())}); "
                f"epoch rows: {len(frame)}")
 
 
 def _completeness_section(writer: _Writer, missing: list[dict[str, Any]], frame: pd.DataFrame,
-                          inferred: bool) -> None:
+                          how: str) -> None:
     writer.heading(2, "Completeness")
-    how = ("expected cells = the product of each sweep's observed methods, noise settings, seeds and "
-           "other design factors" if inferred else "expected cells as given by the caller")
     if not missing:
         writer.add(f"All expected cells have a finished trial ({how}).")
         return
     writer.add(f"**{len(missing)} expected cell(s) have no finished trial** ({how}); tables mark the "
                "affected cells with † and empty ones with —:", "")
-    writer.add(*[f"- {format_cell(cell)}" for cell in missing[:200]])
+    writer.add(*[f"- {markdown_text(format_cell(cell))}" for cell in missing[:200]])
     if len(missing) > 200:
         writer.add(f"- … and {len(missing) - 200} more")
     failed = last_epoch(frame).loc[lambda rows: rows["status"] != "TERMINATED", ["trial_id", "status", "epoch"]]
     if not failed.empty:
         writer.add("", "Trials that did not finish:", "")
-        writer.add(*[f"- `{row.trial_id}`: {row.status} after epoch {row.epoch}" for row in failed.itertuples()])
+        writer.add(*[f"- {markdown_code(row.trial_id)}: {markdown_text(row.status)} after epoch {row.epoch}"
+                     for row in failed.itertuples()])
 
 
 def _missing_for(missing: Iterable[Mapping[str, Any]], sweep: str) -> list[dict[str, Any]]:
@@ -192,7 +193,7 @@ def _sensitivity_sections(writer: _Writer, finals: pd.DataFrame, sweep: str, par
     bare = parameter.removeprefix("config/")
     symbol = {"lambda_cons": "λ_cons", "alpha": "α"}.get(bare, bare)
     reference = " (Fig. 3)" if bare == "lambda_cons" else ""
-    writer.heading(3, f"Sensitivity to {symbol}{reference}")
+    writer.heading(3, f"Sensitivity to {markdown_text(symbol)}{reference}")
     counts = finals.groupby(METHOD_LABEL)[parameter].nunique()
     swept = sorted(counts.index[counts > 1], key=method_sort_key)
     baseline = finals.loc[finals[METHOD_LABEL].isin(counts.index[counts <= 1])]
@@ -402,7 +403,7 @@ def _artifact_sections(writer: _Writer, rows: pd.DataFrame, sweep: str, run_dir:
         try:
             artifact = load_selection_artifact(path)
         except ArtifactError as error:
-            writer.note(f"{row[METHOD_LABEL]}, {setting}: {error}")
+            writer.note(markdown_text(f"{row[METHOD_LABEL]}, {setting}: {error}"))
             continue
         caption = (f"{row[METHOD_LABEL]}, {setting}, seed {_value_text(row[SEED_COLUMN])}, epoch "
                    f"{artifact.epoch if artifact.epoch is not None else row['epoch']}: Z̃ histograms by partition "
@@ -421,9 +422,9 @@ def _config_section(writer: _Writer, frame: pd.DataFrame) -> None:
     for sweep, group in finals.groupby("sweep", sort=True):
         columns = config_columns(group)
         varying, constant = varying_and_constant(group, columns)
-        writer.heading(3, f"Sweep `{sweep}`")
+        writer.heading(3, f"Sweep {markdown_code(sweep)}")
         listing = group[["trial_id", "status", "epoch", *columns]]
-        path = writer.tables_dir / f"{sweep}_trial_configs.csv"
+        path = writer.tables_dir / f"{slug(sweep)}_trial_configs.csv"
         writer.tables_dir.mkdir(parents=True, exist_ok=True)
         listing.to_csv(path, index=False)
         writer.add(f"{len(group)} trials; full config of every trial: "
@@ -431,7 +432,8 @@ def _config_section(writer: _Writer, frame: pd.DataFrame) -> None:
         if varying:
             shown = [column for column in varying if column not in SEED_LIKE]
             writer.add("Varying fields: " + "; ".join(
-                f"`{column.removeprefix('config/')}` ∈ {{{', '.join(_value_text(value) for value in dict.fromkeys(group[column].tolist()))}}}"
+                f"{markdown_code(column.removeprefix('config/'))} ∈ "
+                f"{{{markdown_text(', '.join(_value_text(value) for value in dict.fromkeys(group[column].tolist())))}}}"
                 for column in varying), "")
             if shown:
                 combos = (group[shown].astype(object).map(_value_text).value_counts(sort=False).reset_index(name="trials"))
@@ -523,7 +525,8 @@ def _sweep_kind(sweep: str, finals: pd.DataFrame, factors: Sequence[str]) -> lis
 def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: bool = False,
                  metric: str = "test/mAP", paired: bool = False,
                  expected_cells: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None,
-                 run_dir: str | Path | None = None, source: str = "") -> Path:
+                 run_dir: str | Path | None = None, source: str = "",
+                 expected_description: str = "expected cells as given by the caller") -> Path:
     """Write ``report.md`` (plus ``tables/`` and ``figures/``) for a results frame; returns its path.
 
     frame: results (all epochs; `load_results` output). metric: the primary metric (tables come
@@ -540,7 +543,10 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = Path(run_dir) if run_dir is not None else None
     frame = annotate(frame)
-    inferred = expected_cells is None
+    how = expected_description
+    if expected_cells is None:
+        how = ("expected cells = the product of each sweep's observed methods, noise settings, seeds and "
+               "other design factors")
     if expected_cells is not None and not isinstance(expected_cells, pd.DataFrame):
         expected_cells = pd.DataFrame([dict(cell) for cell in expected_cells])
     missing = missing_by_sweep(frame, expected_cells, allow_partial=allow_partial)
@@ -551,12 +557,12 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
     writer = _Writer(out_dir)
     writer.add("# MIRACL grid report")
     _run_section(writer, frame, source or str(run_dir or ""))
-    _completeness_section(writer, missing, frame, inferred)
+    _completeness_section(writer, missing, frame, how)
     for sweep in sorted(frame["sweep"].unique(), key=lambda name: (name not in KNOWN_SWEEPS,
                                                                    KNOWN_SWEEPS.index(name) if name in KNOWN_SWEEPS else 0, name)):
         sweep_finals = finals.loc[finals["sweep"] == sweep]
         sweep_rows = frame.loc[(frame["sweep"] == sweep) & frame["trial_id"].isin(sweep_finals["trial_id"])]
-        writer.heading(2, f"Sweep: {sweep}")
+        writer.heading(2, f"Sweep: {markdown_text(sweep)}")
         writer.context = run_context(sweep_finals)
         if sweep_finals.empty:
             writer.add("No finished trial in this sweep.")
@@ -569,10 +575,10 @@ def build_report(frame: pd.DataFrame, out_dir: str | Path, *, allow_partial: boo
                 _main_sections(writer, sweep_finals, sweep, metric, paired, sweep_missing)
             elif kind == "sensitivity":
                 if parameter not in sweep_finals.columns:
-                    writer.note(f"`{parameter}` is not in the results; no sensitivity curve.")
+                    writer.note(f"{markdown_code(parameter)} is not in the results; no sensitivity curve.")
                     continue
                 if sweep_finals.groupby(METHOD_LABEL)[parameter].nunique().max() < 2:
-                    writer.note(f"`{parameter}` does not vary in this sweep; no sensitivity curve.")
+                    writer.note(f"{markdown_code(parameter)} does not vary in this sweep; no sensitivity curve.")
                 else:
                     _sensitivity_sections(writer, sweep_finals, sweep, parameter, metric)
                 _comparison_at_default(writer, sweep_finals, sweep, parameter, metric, paired)
@@ -597,13 +603,20 @@ def write_report(run_dir: str | Path, *, allow_partial: bool = False, metric: st
                  out: str | Path | None = None, paired: bool = False,
                  expected_cells: pd.DataFrame | Iterable[Mapping[str, Any]] | None = None) -> Path:
     """Load `run_dir` (results.parquet or Tune directory) and write ``report.md`` under `out`
-    (default: `run_dir`, or the folder of a results file). Returns the report's path."""
+    (default: `run_dir`, or the folder of a results file). Returns the report's path.
+    Expected cells default to the sweep's registered trials (``trials.parquet``) where the grid
+    wrote them, else they are inferred from the results."""
     run_dir = Path(run_dir)
     frame = load_results(run_dir)
     base = run_dir if run_dir.is_dir() else run_dir.parent
+    description = "expected cells as given by the caller"
+    if expected_cells is None and EXPECTED_TRIALS in frame.attrs:
+        expected_cells = expected_cells_from_trials(frame.attrs[EXPECTED_TRIALS])
+        description = (f"expected cells = every trial registered by the sweep's commands "
+                       f"({len(frame.attrs[EXPECTED_TRIALS])} in trials.parquet), finished or not")
     return build_report(frame, Path(out) if out is not None else base, allow_partial=allow_partial,
                         metric=metric, paired=paired, expected_cells=expected_cells, run_dir=base,
-                        source=frame.attrs.get("source", str(run_dir)))
+                        source=frame.attrs.get("source", str(run_dir)), expected_description=description)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,6 +47,23 @@ def metric_name(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric)
 
 
+_MARKDOWN_SPECIALS = re.compile(r"([\\`*\[\]<>|~&#])")
+
+
+def markdown_text(value: Any) -> str:
+    """Text from configs, data or provenance made inert in Markdown: Markdown/HTML specials are
+    backslash-escaped (not ``_``: field names keep their look; at worst it italicises) and line
+    breaks become spaces, so a value cannot end a table cell, start a
+    heading or list, open a link or image, or inject HTML into report.md."""
+    return _MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(value).splitlines()))
+
+
+def markdown_code(value: Any) -> str:
+    """A value as an inline code span (no escapes apply inside one): backticks and line breaks,
+    the only ways out of it, are replaced."""
+    return "`" + " ".join(str(value).splitlines()).replace("`", "'") + "`"
+
+
 def slug(text: str) -> str:
     """File-name-safe form: 'test/F1_class' -> 'test_F1_class'."""
     text = "".join(character if character.isalnum() or character in "-_." else "_" for character in text)
@@ -72,9 +89,10 @@ class Table:
         return bool(self.bold is not None and self.bold.iat[row, column])
 
     def to_markdown(self) -> str:
-        """GitHub Markdown table (bold as ``**…**``, significance stars escaped as ``\\*``)."""
+        """GitHub Markdown table (bold as ``**…**``; every cell through `markdown_text`, so
+        significance stars read ``\\*``)."""
         def cell(text: Any, bold: bool = False) -> str:
-            body = str(text).replace("|", "\\|").replace("*", "\\*")
+            body = markdown_text(text)
             return f"**{body}**" if bold and body else body
         header = [self.text.index.name or "", *map(str, self.text.columns)]
         lines = ["| " + " | ".join(cell(item) for item in header) + " |",
@@ -114,13 +132,13 @@ class Table:
         ``NAME_values.csv`` under `directory`; returns {format: path}."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        paths = {"md": directory / f"{self.name}.md", "csv": directory / f"{self.name}.csv",
-                 "tex": directory / f"{self.name}.tex"}
-        paths["md"].write_text(f"### {self.title}\n\n{self.to_markdown()}\n")
+        name = slug(self.name)        # names carry sweep names from the results: no path separators
+        paths = {"md": directory / f"{name}.md", "csv": directory / f"{name}.csv", "tex": directory / f"{name}.tex"}
+        paths["md"].write_text(f"### {markdown_text(self.title)}\n\n{self.to_markdown()}\n")
         self.to_csv_frame().to_csv(paths["csv"], index=False)
         paths["tex"].write_text(self.to_latex())
         if self.values is not None:
-            paths["values"] = directory / f"{self.name}_values.csv"
+            paths["values"] = directory / f"{name}_values.csv"
             self.values.to_csv(paths["values"], index=False)
         return paths
 

@@ -3,7 +3,8 @@
 Runs `python grid/run.py` on the same embedded cohort and trials three ways — in-process
 trials (`--workers-per-trial 0`, the quick preset's default) with `--max-concurrent 1` and 2,
 and one-worker Ray Train worker groups (`--workers-per-trial 1`) with `--max-concurrent 2` —
-and prints from each run's `results.parquet` and Tune's per-trial `result.json`:
+and prints from each run's `results.parquet` and Tune's per-trial `result.json`
+(`<sweep folder>/tune/run-*/<trial_id>/result.json`):
 
   - trials per hour (trials / sweep wall time of `tuner.fit()`)
   - Ray's per-trial overhead: the Tune trial's time to its first report minus the loop's own
@@ -46,7 +47,7 @@ def run(workers: int, concurrency: int, trials: int, storage: Path, extra: list[
     frame = pd.read_parquet(storage / name / "results.parquet")
     overheads, shares = [], []
     for trial_id, rows in frame.groupby("trial_id"):
-        first_tune, last_tune = first_and_last_report(storage / name / trial_id)
+        first_tune, last_tune = first_and_last_report(next((storage / name / "tune").glob(f"run-*/{trial_id}")))
         first_loop = float(rows.sort_values("epoch")["time/trial_wall_s"].iloc[0])
         overhead = first_tune - first_loop
         overheads.append(overhead)

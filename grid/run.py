@@ -5,10 +5,11 @@
         --preset paper --address auto --workers-per-trial 2 --gpus-per-worker 0.5 \
         --storage s3://bucket/runs --cohort-cache /mnt/efs/cohorts
     python grid/run.py --sweep lambda_cons --resume         # continue an interrupted sweep
+    python grid/run.py --sweep lambda_cons --seeds 30,40,100 # extend it: runs only the new cells
     python grid/run.py --list | --sweep NAME --dry-run
 
-Writes Tune's experiment folder `<storage>/<name>` (default `./runs/<sweep>`), then
-`results.parquet` and `report.md` there, and prints their paths.
+Writes the sweep folder `<storage>/<name>` (default `./runs/<sweep>`, layout in `grid.folder`):
+one trial per config hash, then `results.parquet`, `trials.parquet` and `report.md` there.
 """
 from __future__ import annotations
 
@@ -17,16 +18,15 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # Tune's CLIReporter with our metric columns
-# Every epoch checkpoints and Tune (num_to_keep=2) then snapshots its experiment state, which is
-# what lets --resume skip finished trials; its "snapshotting too often" warning is expected here.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Ctrl-C/SIGTERM are ours (`_stop_handler`): they stop the sweep through a Tune stopper.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 from trainables.config import ConfigError  # noqa: E402
 
@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--max-failures", type=int, default=2)
     cluster.add_argument("--storage", default="./runs", help="local path or pyarrow URI (s3://...)")
     cluster.add_argument("--name", default=None, help="experiment name (default: the sweep name)")
-    cluster.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    cluster.add_argument("--resume", action="store_true",
+                         help="continue the sweep in its folder (an error when there is none); finished "
+                              "trials are kept, new cells of a changed command run beside them")
     cluster.add_argument("--no-report", action="store_true", help="skip analysis.report at the end")
     return parser
 
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     from data.errors import CohortError
+    from grid.folder import SWEEP_FILE, SweepFolder
     from grid.presets import preset_runtime, preset_trial_defaults
     from grid.sweeps import describe_sweeps, format_trials, get_sweep
 
@@ -165,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --workers-per-trial must be >= 0", file=sys.stderr)
         return 2
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    experiment = args.name or args.sweep
-    experiment_dir = f"{storage.rstrip('/')}/{experiment}"
+    folder = SweepFolder(f"{storage.rstrip('/')}/{args.name or args.sweep}")
+    if args.resume and not folder.holds_sweep():
+        print(f"error: --resume: no sweep to resume in {folder.uri} (no {SWEEP_FILE}); run the command "
+              "without --resume to start it", file=sys.stderr)
+        return 2
     # Everything that can be checked without the cohort is checked before it is built: the sweep
     # name, the flags and every trial's config (a cohort build takes minutes on real data).
     try:
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"sweep {args.sweep}: {len(trials)} trials, preset {preset}, cohort {cohort_dir}")
-    return run_sweep(args, trials, cohort_dir, manifest, storage, experiment, experiment_dir)
+    return run_sweep(args, trials, cohort_dir, manifest, folder)
 
 
 def fitting_trials(cluster: dict, args) -> int:
@@ -214,55 +220,148 @@ def fitting_trials(cluster: dict, args) -> int:
     return max(1, fits)
 
 
-def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, experiment: str,
-              experiment_dir: str) -> int:
+def run_sweep(args, trials, cohort_dir: Path, manifest: dict, folder) -> int:
+    """Register the sweep's cells in its folder, train the unfinished ones, collect, report."""
+    from grid.folder import FolderError
+    from grid.provenance import sweep_provenance
+    from trainables.checkpoints import storage_full
+
+    stop_requests: list[str] = []
+    previous = {sig: signal.signal(sig, _stop_handler(stop_requests)) for sig in STOP_SIGNALS}
+    try:
+        with folder.lock():
+            folder.claim(sweep=args.sweep, cohort_hash=manifest.get("cohort_hash", ""))
+            provenance = {key: sweep_provenance(manifest, key or None, preset=args.preset)
+                          for key in {t.config["text_feature_key"] for t in trials}}
+            cells = [(folder.register(t.name, args.sweep, t.config, provenance[t.config["text_feature_key"]]), t)
+                     for t in trials]
+            return _train_and_collect(args, folder, cells, cohort_dir, stop_requests)
+    except FolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted again before the results were written; every finished epoch is "
+              f"checkpointed: run the same command with --resume to continue ({folder.uri})", file=sys.stderr)
+        return 130
+    except OSError as error:
+        if not storage_full(error):
+            raise
+        print(f"error: storage full: {error}. Earlier results and checkpoints in {folder.uri} are intact; "
+              "free space, then run the same command with --resume", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_handler(requests: list):
+    """First Ctrl-C/SIGTERM: stop the sweep cleanly (the Tune stopper sees `requests`); a second
+    one raises KeyboardInterrupt."""
+    def handler(number, frame) -> None:
+        if requests:
+            raise KeyboardInterrupt
+        requests.append(signal.Signals(number).name)
+        print(f"\n{signal.Signals(number).name} received: stopping the sweep after its running trials' "
+              "last checkpoints (again to abort)", file=sys.stderr, flush=True)
+    return handler
+
+
+def _epochs_done(folder, identity: str) -> int:
+    latest = folder.checkpoint_store(identity).latest()
+    return latest.epoch if latest else 0
+
+
+def _train_and_collect(args, folder, cells, cohort_dir: Path, stop_requests: list) -> int:
+    from grid.results import FINISHED_STATUS, RESULTS_FILE, TRIALS_FILE, collect_sweep, write_frame
+
+    planned = {identity for identity, _ in cells}
+    to_run = [(identity, trial) for identity, trial in cells
+              if _epochs_done(folder, identity) < int(trial.config["epochs"])]
+    others = [record["id"] for record in folder.trial_records() if record["id"] not in planned]
+    print(f"{folder.uri}: {len(cells) - len(to_run)} of this command's {len(cells)} trials finished "
+          f"earlier (kept), {len(to_run)} to run"
+          + (f"; {len(others)} trials of earlier commands kept as they are" if others else ""))
+    started = time.perf_counter()
+    failures: dict[str, str] = {}
+    if to_run and not stop_requests:
+        failures = _run_trials(args, folder, to_run, cohort_dir, stop_requests)
+    frame, expected = collect_sweep(folder)
+    results_path = write_frame(frame, folder, RESULTS_FILE)
+    write_frame(expected, folder, TRIALS_FILE)
+    mine = expected[expected["trial_id"].isin(planned)]
+    unfinished = mine.loc[mine["status"] != FINISHED_STATUS, "trial_id"].tolist()
+    print(f"{len(mine) - len(unfinished)} of {len(mine)} trials finished ({time.perf_counter() - started:.0f} s "
+          f"this run); experiment: {folder.uri}")
+    print(f"results: {results_path}")
+    if failures:
+        print(f"{len(failures)} trial(s) failed after retries:", *(f"{k}: {v}" for k, v in failures.items()),
+              sep="\n  ", file=sys.stderr)
+        if any(message.startswith("storage full") for message in failures.values()):
+            print(f"error: storage full while trials wrote checkpoints; earlier checkpoints and results in "
+                  f"{folder.uri} are intact: free space, then run the same command with --resume", file=sys.stderr)
+    if frame.empty:
+        print("no trial reported an epoch; no report", file=sys.stderr)
+    elif not args.no_report and folder.local_dir() is not None:
+        _report(folder, complete=not (expected["status"] != FINISHED_STATUS).any())
+    if stop_requests or (unfinished and not failures):
+        print(f"{stop_requests[0] if stop_requests else 'interrupted'}: {len(unfinished)} trial(s) unfinished "
+              f"(their finished epochs are checkpointed); run the same command with --resume to continue",
+              file=sys.stderr)
+        return 143 if stop_requests == ["SIGTERM"] else 130
+    return 1 if failures else 0
+
+
+def _report(folder, *, complete: bool) -> None:
+    from analysis.collect import ResultsError
+    from analysis.report import write_report
+
+    try:
+        report = write_report(folder.local_dir(), allow_partial=not complete)
+    except ResultsError as error:
+        print(f"report: not written ({error})")
+        return
+    print(f"report: {report}" + ("" if complete else " (partial: unfinished trials listed in it)"))
+    figures = report.parent / "figures"
+    if figures.is_dir():
+        print(f"figures: {figures}")
+
+
+def _run_trials(args, folder, to_run, cohort_dir: Path, stop_requests: list) -> dict[str, str]:
+    """One fresh Tune experiment over `to_run`; returns {trial id: error} of trials that failed."""
     import ray
 
-    from grid.provenance import sweep_provenance
-    from grid.results import ERROR_STATUS, collect_experiment, fetch_result_files, write_results
-    from grid.runner import Resources, build_tuner, restore_tuner
+    from grid.runner import Resources, build_tuner
+    from trainables.checkpoints import storage_full
 
     if not ray.is_initialized():   # tests (and notebooks) may have started one already
         ray.init(address=args.address, include_dashboard=False if not args.address else None,
                  log_to_driver=False, runtime_env={"env_vars": RAY_WORKER_ENVIRONMENT})
+    for sig in STOP_SIGNALS:   # ray.init installs its own SIGTERM handler (sys.exit): ours again
+        signal.signal(sig, _stop_handler(stop_requests))
     resources = Resources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker,
                           args.max_concurrent or fitting_trials(ray.cluster_resources(), args),
                           args.max_failures)
-    started = time.perf_counter()
-    if args.resume:
-        tuner = restore_tuner(experiment_dir)
-    else:
-        tuner = build_tuner(trials, experiment_name=experiment, storage=storage, cohort_dir=str(cohort_dir),
-                            resources=resources, fail_once=os.environ.get("MIRACL_FAIL_ONCE"))
-    grid = tuner.fit()
-    statuses = {}
-    failed = []
-    for result in grid:
-        name = result.config["trial"]["name"]
-        statuses[name] = ERROR_STATUS if result.error else "TERMINATED"
-        if result.error:
-            failed.append(f"{name}: {type(result.error).__name__}: {str(result.error).splitlines()[0][:200]}")
-    with tempfile.TemporaryDirectory() as scratch:
-        local = fetch_result_files(experiment_dir, scratch) if "://" in experiment_dir else experiment_dir
-        frame = collect_experiment(local, sweep=args.sweep, statuses=statuses,
-                                   provenance=sweep_provenance(manifest, preset=args.preset))
-    frame["experiment"] = experiment
-    results_path = write_results(frame, experiment_dir)
-    print(f"{len(statuses)} trials in {time.perf_counter() - started:.0f} s; experiment: {experiment_dir}")
-    print(f"results: {results_path}")
-    if failed:
-        print(f"{len(failed)} trial(s) failed after retries:", *failed, sep="\n  ", file=sys.stderr)
-    if frame.empty:
-        print("no trial reported an epoch; no report", file=sys.stderr)
-    elif not args.no_report and "://" not in experiment_dir:
-        from analysis.report import write_report
-
-        report = write_report(experiment_dir, allow_partial=bool(failed))
-        print(f"report: {report}")
-        figures = report.parent / "figures"
-        if figures.is_dir():
-            print(f"figures: {figures}")
-    return 1 if failed else 0
+    for identity, _ in to_run:
+        folder.record_failure(identity, None)
+    run_name = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    tuner = build_tuner(to_run, experiment_dir=folder.uri, run_name=run_name, cohort_dir=str(cohort_dir),
+                        resources=resources, stop_requests=stop_requests,
+                        fail_once=os.environ.get("MIRACL_FAIL_ONCE"))
+    failures = {}
+    for result in tuner.fit():
+        if result.error is None:
+            continue
+        identity = Path(result.path).name          # the Tune trial folder is named by trial id
+        message = f"{type(result.error).__name__}: {str(result.error).strip().splitlines()[-1][:300]}"
+        if storage_full(result.error) or any(text in str(result.error)
+                                             for text in ("No space left on device", "storage full")):
+            message = f"storage full ({message})"
+        failures[identity] = message
+        folder.record_failure(identity, message)
+    return failures
 
 
 if __name__ == "__main__":

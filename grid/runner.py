@@ -7,10 +7,12 @@ reports every epoch back to Tune through `TuneReportCallback`.
 Failure handling, two levels:
 - a worker dies -> Ray Train restarts the worker group from the trial's latest checkpoint
   (`ray.train.FailureConfig(max_failures)`);
-- the driver/trial dies -> Tune retries the trial (`tune.FailureConfig(max_failures)`); the new
-  driver builds a TorchTrainer with the same run name and storage path, and Ray Train resumes
-  from that run's latest checkpoint. An interrupted experiment resumes with
-  `Tuner.restore(..., resume_unfinished=True, resume_errored=True)`; finished trials are kept.
+- the driver/trial dies -> Tune retries the trial (`tune.FailureConfig(max_failures)`).
+
+Either way the loop resumes from the newest complete checkpoint in the trial's own store
+(`trainables.checkpoints`, under the sweep folder's `trials/<trial_id>/checkpoints`), never from
+a checkpoint Tune or Ray Train recorded. Each run of the grid is a fresh Tune experiment over
+the cells that are not finished yet (`grid.folder`); Tune's experiment state is never restored.
 
 Data: trials read one materialised cohort directory by path. On a cluster that path must be
 on shared storage (NFS/EFS mounted at the same path on every node); see README.
@@ -23,14 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from grid.results import TRAIN_RUNS_FOLDER
+from grid.folder import ARTIFACTS_FOLDER, TRAIN_RUNS_FOLDER, TUNE_FOLDER, SweepFolder
 from grid.sweeps import Trial
 
 logger = logging.getLogger(__name__)
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-
-ARTIFACTS_FOLDER = "artifacts"
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,14 @@ def run_trial(param: dict) -> None:
     `ray.tune` — see `run_trial_in_process` for when and why.
     """
     trial, runtime = param["trial"], param["runtime"]
-    experiment = Path(runtime["experiment_dir"]) if "://" not in runtime["experiment_dir"] else None
+    folder = SweepFolder(runtime["experiment_dir"])
+    local = folder.local_dir()
     loop_config = {
         "trial": trial["config"],
         "cohort_dir": runtime["cohort_dir"],
         "threads": max(1, int(runtime["cpus_per_worker"])),
-        "artifact_dir": str(experiment / ARTIFACTS_FOLDER / trial["name"]) if experiment else None,
+        "artifact_dir": str(Path(folder.trial_dir(trial["id"])) / ARTIFACTS_FOLDER) if local else None,
+        "checkpoint_root": folder.checkpoint_store(trial["id"]).root_uri,
         "fail_once": _fail_hook(runtime, trial["name"]),
     }
     if runtime["workers_per_trial"] == 0:
@@ -68,8 +70,8 @@ def run_trial(param: dict) -> None:
     trainer = build_trainer(
         loop_config, workers=runtime["workers_per_trial"], cpus_per_worker=runtime["cpus_per_worker"],
         gpus_per_worker=runtime["gpus_per_worker"],
-        storage_path=f"{runtime['experiment_dir'].rstrip('/')}/{TRAIN_RUNS_FOLDER}",
-        name=trial["name"], max_failures=runtime["max_failures"], callbacks=[TuneReportCallback()])
+        storage_path=folder.child(TRAIN_RUNS_FOLDER), name=trial["id"], max_failures=runtime["max_failures"],
+        callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -78,23 +80,15 @@ def run_trial_in_process(loop_config: dict) -> None:
 
     Measured on the quick preset here (bench/bench_grid.py): starting a Ray Train controller
     and worker group costs ~19 s before the first epoch of a ~35 s trial when two trials start
-    together on 2 cores (over a third of the trial). In-process trials skip that; resume goes
-    through Tune's checkpoints (`tune.get_checkpoint`) with the same `state.pt` the workers write.
+    together on 2 cores (over a third of the trial). In-process trials skip that; checkpoints go
+    to the same per-trial store the workers use (`trainables.loop.run_with_store`).
     """
     from ray import tune
 
-    from trainables.loop import load_training_state, run_training
+    from trainables.checkpoints import CheckpointStore
+    from trainables.loop import run_with_store
 
-    resume_state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume_state = load_training_state(folder)
-
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None)
-
-    run_training(loop_config, report, resume_state)
+    run_with_store(loop_config, CheckpointStore(loop_config["checkpoint_root"]), tune.report)
 
 
 def _fail_hook(runtime: dict, trial_name: str) -> dict | None:
@@ -110,22 +104,36 @@ def _fail_hook(runtime: dict, trial_name: str) -> dict | None:
 
 
 def trial_dirname(trial) -> str:
-    return trial.config["trial"]["name"]
+    return trial.config["trial"]["id"]
 
 
-def build_tuner(trials: Sequence[Trial], *, experiment_name: str, storage: str, cohort_dir: str,
-                resources: Resources, fail_once: str | None = None):
-    """A fresh `ray.tune.Tuner` over `trials` (grid search over the trial list)."""
+def build_tuner(cells: Sequence[tuple[str, Trial]], *, experiment_dir: str, run_name: str,
+                cohort_dir: str, resources: Resources, stop_requests: list,
+                fail_once: str | None = None):
+    """A fresh `ray.tune.Tuner` over `cells` ((trial id, Trial) pairs: the cells this run
+    trains), its Tune folder `<experiment_dir>/tune/<run_name>`. The experiment stops (running
+    trials end at their last checkpoint) as soon as `stop_requests` is non-empty — the CLI
+    appends the signal it received (Ctrl-C, SIGTERM)."""
     from ray import tune
 
-    experiment_dir = f"{storage.rstrip('/')}/{experiment_name}"
+    class StopOnRequest(tune.Stopper):
+        def __init__(self, requests: list):
+            self.requests = requests
+
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return bool(self.requests)
+
     runtime = {"experiment_dir": experiment_dir, "cohort_dir": cohort_dir,
                "workers_per_trial": resources.workers_per_trial,
                "cpus_per_worker": resources.cpus_per_worker,
                "gpus_per_worker": resources.gpus_per_worker,
                "max_failures": resources.max_failures, "fail_once": fail_once}
     param_space = {
-        "trial": tune.grid_search([{"name": t.name, "config": t.config} for t in trials]),
+        "trial": tune.grid_search([{"id": identity, "name": t.name, "config": t.config}
+                                   for identity, t in cells]),
         "runtime": runtime,
     }
     return tune.Tuner(
@@ -134,21 +142,10 @@ def build_tuner(trials: Sequence[Trial], *, experiment_name: str, storage: str, 
         tune_config=tune.TuneConfig(max_concurrent_trials=resources.max_concurrent,
                                     trial_dirname_creator=trial_dirname,
                                     trial_name_creator=trial_dirname),
-        run_config=tune.RunConfig(name=experiment_name, storage_path=storage,
+        run_config=tune.RunConfig(name=run_name, storage_path=SweepFolder(experiment_dir).child(TUNE_FOLDER),
                                   failure_config=tune.FailureConfig(max_failures=resources.max_failures),
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                                  progress_reporter=_reporter(), verbose=1),
+                                  stop=StopOnRequest(stop_requests), progress_reporter=_reporter(), verbose=1),
     )
-
-
-def restore_tuner(experiment_dir: str):
-    """Resume an interrupted experiment: unfinished and errored trials rerun from checkpoints."""
-    from ray import tune
-
-    if not tune.Tuner.can_restore(experiment_dir):
-        raise FileNotFoundError(f"{experiment_dir}: no Tune experiment to resume here")
-    return tune.Tuner.restore(experiment_dir, trainable=_trainable(), resume_unfinished=True,
-                              resume_errored=True, restart_errored=False)
 
 
 def _trainable():

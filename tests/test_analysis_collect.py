@@ -1,7 +1,6 @@
 """analysis.collect / analysis.labels: labels, loading (parquet and Tune dirs), last epoch, completeness."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -117,57 +116,51 @@ def test_load_results_reads_parquet_file_or_directory(tmp_path):
 def test_load_results_errors_name_the_problem(tmp_path):
     with pytest.raises(ResultsError, match="does not exist"):
         load_results(tmp_path / "nowhere")
-    with pytest.raises(ResultsError, match="neither results.parquet nor any Tune trial"):
+    with pytest.raises(ResultsError, match="neither results.parquet nor a grid sweep folder"):
         load_results(tmp_path)
     pd.DataFrame({"trial_id": ["a"], "epoch": [1]}).to_parquet(tmp_path / "results.parquet")
     with pytest.raises(ResultsError, match="config/method"):
         load_results(tmp_path)
 
 
-def _write_trial(folder, lines, extra_files=()):
-    folder.mkdir(parents=True)
-    (folder / "result.json").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    for name in extra_files:
-        (folder / name).write_text("Traceback ...")
+def test_sweep_folder_without_results_file(tmp_path):
+    """The grid's own folder, read through grid.results (the one reader of its layout)."""
+    from grid.folder import SweepFolder
+    from tests.sweep_folder import publish_epochs, register_trial
 
+    folder = SweepFolder(str(tmp_path / "lambda_cons"))
+    common = dict(method="miracl", backbone="flexcare", variant="MIRACL", rho_pos=0.4, rho_neg=0.4, epochs=3,
+                  extra={"tag": "x"})
+    finished = register_trial(folder, "a", lambda_cons=0.05, seed=40, **common)
+    part_way = register_trial(folder, "b", lambda_cons=0.05, seed=30, **common)
+    failed = register_trial(folder, "c", lambda_cons=0.05, seed=100, **common)
+    publish_epochs(folder, finished, [1, 2, 3], tmp_path, map_of=lambda epoch: 0.3 + 0.1 * epoch)
+    publish_epochs(folder, part_way, [1, 2], tmp_path)
+    publish_epochs(folder, failed, [1], tmp_path)
+    folder.record_failure(failed, "RuntimeError: boom")
 
-def test_tune_directory_collection(tmp_path):
-    trial = {"method": "miracl", "backbone": "flexcare", "variant": "MIRACL", "noise_model": "symmetric",
-             "rho_pos": 0.4, "rho_neg": 0.4, "seed": 40, "epochs": 3, "lambda_cons": 0.05,
-             "extra": {"tag": "x"}}
-    nested = [{"test/mAP": 0.3 + 0.1 * epoch, "train/loss": 1.0 / epoch, "trial_id": "aaa", "training_iteration": epoch,
-               "time_total_s": 10.0 * epoch, "config": {"trial": trial, "sweep": "lambda_cons"}}
-              for epoch in (1, 2, 3)]
-    flat = [{"test": {"mAP": 0.2 * epoch}, "epoch": epoch, "trial_id": "bbb", "training_iteration": epoch,
-             "time_total_s": 5.0, "config": dict(trial, seed=30, sweep="lambda_cons")} for epoch in (1, 2)]
-    failed = [{"test/mAP": 0.1, "trial_id": "ccc", "training_iteration": 1, "config": {"trial": dict(trial, seed=100)}}]
-    experiment = tmp_path / "lambda_cons"
-    _write_trial(experiment / "trainable_aaa", nested)
-    _write_trial(experiment / "trainable_bbb", flat)
-    _write_trial(experiment / "trainable_ccc", failed, extra_files=("error.txt",))
-
-    frame = load_results(experiment)
-    assert len(frame) == 6
+    frame = load_results(tmp_path / "lambda_cons")
     by_trial = {trial_id: group for trial_id, group in frame.groupby("trial_id")}
-    assert set(by_trial) == {"aaa", "bbb", "ccc"}
-    assert by_trial["aaa"]["epoch"].tolist() == [1, 2, 3]
-    assert by_trial["aaa"]["test/mAP"].tolist() == pytest.approx([0.4, 0.5, 0.6])
-    assert by_trial["bbb"]["test/mAP"].tolist() == pytest.approx([0.2, 0.4])       # nested metric flattened
-    assert by_trial["aaa"]["config/lambda_cons"].iloc[0] == 0.05
-    assert by_trial["aaa"]["config/extra.tag"].iloc[0] == "x"
-    assert by_trial["aaa"]["time/trial_wall_s"].tolist() == [10.0, 20.0, 30.0]
+    assert by_trial[finished]["epoch"].tolist() == [1, 2, 3]
+    assert by_trial[finished]["test/mAP"].tolist() == pytest.approx([0.4, 0.5, 0.6])
+    assert by_trial[finished]["config/lambda_cons"].iloc[0] == 0.05
+    assert by_trial[finished]["config/extra.tag"].iloc[0] == "x"
+    assert not any(column.startswith("config/trial") for column in frame.columns)
     assert set(frame["sweep"]) == {"lambda_cons"}
     status = {trial_id: group["status"].iloc[0] for trial_id, group in by_trial.items()}
-    assert status == {"aaa": "TERMINATED", "bbb": "INCOMPLETE", "ccc": "ERROR"}
-    assert frame.loc[frame["is_last_epoch"], "trial_id"].tolist() == ["aaa"]
+    assert status == {finished: "TERMINATED", part_way: "INCOMPLETE", failed: "ERROR"}
+    assert frame.loc[frame["is_last_epoch"] & (frame["status"] == "TERMINATED"), "trial_id"].tolist() == [finished]
     assert last_epoch(frame, finished_only=True)["epoch"].tolist() == [3]
+    assert len(frame.attrs["expected_trials"]) == 3
 
 
-def test_tune_directory_bad_line_names_file_and_line(tmp_path):
-    folder = tmp_path / "exp" / "trial"
-    folder.mkdir(parents=True)
-    (folder / "result.json").write_text('{"trial_id": "a", "training_iteration": 1, "config": {}}\nnot json\n')
-    with pytest.raises(ResultsError, match=r"result\.json:2"):
+def test_sweep_folder_bad_file_names_it(tmp_path):
+    from grid.folder import SweepFolder
+    from tests.sweep_folder import register_trial
+
+    identity = register_trial(SweepFolder(str(tmp_path / "exp")), "a", epochs=2)
+    (tmp_path / "exp" / "trials" / identity / "trial.json").write_text("{not json")
+    with pytest.raises(ResultsError, match=r"trial\.json: not valid JSON"):
         load_results(tmp_path / "exp")
 
 

@@ -245,3 +245,35 @@ def test_lambda_sweep_at_one_value_still_compares_with_flexcare(tmp_path):
     assert "\n### MIRACL (at λ_cons = 0.1) vs FlexCare\n" in text
     table = pd.read_csv(directory / "tables" / "lambda_cons_comparison_default_test_mAP.csv")
     assert table["Model"].tolist() == ["FlexCare", "MIRACL"]          # MIRACL once, not also as a baseline
+
+
+def test_strings_from_results_cannot_inject_markdown_or_html(tmp_path):
+    """Config, data and provenance strings reach report.md escaped (no HTML, no new lines/headings,
+    no broken table cells) and never become file paths."""
+    import re
+
+    hostile = "<img src=x onerror=alert(1)>|`x`\n# injected [link](http://evil) **bold**"
+    frame = main_and_lambda_frame()
+    frame = frame[frame["sweep"] == "lambda_cons"].copy()
+    frame["provenance/code_version"] = hostile
+    frame["config/variant"] = "MIRACL"
+    frame["config/text_feature_key"] = hostile
+    frame.loc[frame["trial_id"] == frame["trial_id"].iloc[0], "status"] = hostile
+    run = tmp_path / "run"
+    run.mkdir()
+    frame.to_parquet(run / "results.parquet")
+    text = write_report(run, allow_partial=True).read_text()
+    assert "<img" not in text.replace("\\<img", "")
+    assert not any(line.lstrip().startswith("# injected") for line in text.splitlines())
+    assert "[link](http://evil)" not in text and "\\[link\\]" in text
+    widths, width = [], None                     # unescaped pipes per row, per table
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            count = len(re.findall(r"(?<!\\)\|", line))
+            width = count if width is None else width
+            assert count == width, line          # a value never opens or closes a cell
+        elif width is not None:
+            widths.append(width)
+            width = None
+    assert widths
+    assert all(path.resolve().is_relative_to(run.resolve()) for path in run.rglob("*"))

@@ -18,7 +18,8 @@ Per epoch, identically on every rank:
      (seed, epoch, rank) at every epoch start, so no RNG state needs saving).
 
 `loop_config` keys: ``trial`` (flat TrialConfig dict), ``cohort_dir``, optional
-``artifact_dir`` (selection artifacts, rank 0 writes), ``fail_once`` ({epoch, rank, marker}:
+``artifact_dir`` (selection artifacts, rank 0 writes), ``checkpoint_root`` (the trial's
+`CheckpointStore`, for `run_with_store`/`train_loop_per_worker`), ``fail_once`` ({epoch, rank, marker}:
 test hook that kills one worker process once), ``threads`` (torch intra-op threads).
 """
 from __future__ import annotations
@@ -41,6 +42,7 @@ from data.noise import apply_noise
 from trainables import distributed
 from trainables.backbones import BACKBONES, build_backbone
 from trainables.batching import epoch_batches, shard, shard_weight
+from trainables.checkpoints import HISTORY_FILE, CheckpointStore
 from trainables.config import TrialConfig
 from trainables.diagnostics import (class_selection_metrics, correction_error_metrics, memorisation_metrics,
                                     same_patient_share, selection_signal_aucs)
@@ -52,7 +54,6 @@ from trainables.statistics import PairStatistics
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 EVAL_BATCH_SIZE = 256
 
 ReportFunction = Callable[[dict[str, Any], "str | None"], None]
@@ -217,36 +218,70 @@ def run_training(loop_config: dict, report: ReportFunction,
                               statistics=statistics.state_dict(), history=history)
         if rank == 0:
             with tempfile.TemporaryDirectory() as folder:
-                torch.save(state.__dict__, Path(folder) / CHECKPOINT_FILE)
-                # every epoch so far, readable without torch: results collection fills epochs
-                # whose report was lost when a driver died between checkpoint and report
-                (Path(folder) / HISTORY_FILE).write_text(json.dumps(history, default=str))
+                save_training_state(state, folder)
                 report(metrics, folder)
         else:
             report(metrics, None)
     return history
 
 
+def save_training_state(state: TrainingState, folder: str | os.PathLike) -> None:
+    """Write a checkpoint folder: ``state.pt`` holds only tensors and primitive containers (so it
+    loads with ``torch.load(weights_only=True)``: no pickled code runs on resume), and
+    ``history.json`` every epoch's metrics so far, readable without torch (results collection
+    reads the trial's rows from it)."""
+    payload = {key: value for key, value in state.__dict__.items() if key != "history"}
+    torch.save(payload, Path(folder) / CHECKPOINT_FILE)
+    (Path(folder) / HISTORY_FILE).write_text(json.dumps(state.history, default=_json_scalar))
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        return value.item()
+    raise TypeError(f"history: metric value {value!r} ({type(value).__name__}) is not a JSON scalar")
+
+
 def load_training_state(checkpoint_dir: str | os.PathLike) -> TrainingState:
-    payload = torch.load(Path(checkpoint_dir) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    return TrainingState(**payload)
+    """Read a folder written by `save_training_state` (``weights_only=True``: a crafted
+    ``state.pt`` cannot run code; an unexpected object in it is an error naming the file)."""
+    path = Path(checkpoint_dir) / CHECKPOINT_FILE
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # pickle.UnpicklingError for anything beyond tensors/primitives
+        raise ValueError(f"{path}: not a loadable training checkpoint ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    history = json.loads((Path(checkpoint_dir) / HISTORY_FILE).read_text())
+    return TrainingState(**payload, history=history)
+
+
+def latest_training_state(store: CheckpointStore) -> TrainingState | None:
+    """The state of the store's newest complete checkpoint, None when it holds none."""
+    latest = store.latest()
+    if latest is None:
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        return load_training_state(store.download(latest, folder))
+
+
+def run_with_store(loop_config: dict, store: CheckpointStore,
+                   report_metrics: Callable[[dict[str, Any]], None]) -> list[dict]:
+    """`run_training` resuming from the store's newest checkpoint; every epoch rank 0 publishes
+    its checkpoint to the store *before* the metrics are reported (what was reported is durable)."""
+    def report(metrics: dict[str, Any], folder: str | None) -> None:
+        if folder:
+            store.publish(folder, int(metrics["epoch"]))
+        report_metrics(metrics)
+
+    return run_training(loop_config, report, latest_training_state(store))
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train V2 entry point: resume from `ray.train.get_checkpoint()` if there is one."""
+    """Ray Train V2 entry point. Checkpoints live in the trial's own store
+    (``loop_config["checkpoint_root"]``, `trainables.checkpoints`), so a restarted worker group
+    and a resumed trial both continue from the newest complete one found on storage."""
     import ray.train
 
-    resume_state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            resume_state = load_training_state(folder)
-
-    def report(metrics: dict, checkpoint_dir: str | None) -> None:
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir)
-                         if checkpoint_dir else None)
-
-    run_training(loop_config, report, resume_state)
+    run_with_store(loop_config, CheckpointStore(loop_config["checkpoint_root"]), ray.train.report)
 
 
 # ----------------------------------------------------------------------------------------

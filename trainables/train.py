@@ -56,7 +56,8 @@ def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float)
 def build_trainer(loop_config: dict, *, workers: int, cpus_per_worker: float = 1.0,
                   gpus_per_worker: float = 0.0, storage_path: str, name: str,
                   max_failures: int = 0, callbacks=None):
-    """A TorchTrainer running `train_loop_per_worker`; same name + storage resumes from its checkpoint."""
+    """A TorchTrainer running `train_loop_per_worker`, which checkpoints into (and resumes from)
+    ``loop_config["checkpoint_root"]`` (`trainables.checkpoints`); Ray Train itself gets metrics only."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -69,8 +70,7 @@ def build_trainer(loop_config: dict, *, workers: int, cpus_per_worker: float = 1
         scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
-            failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+            failure_config=ray.train.FailureConfig(max_failures=max_failures)),
     )
 
 
@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
     parser.add_argument("--storage", default="./runs/single", help="Ray Train storage path")
-    parser.add_argument("--name", default=None, help="run name (same name + storage resumes)")
+    parser.add_argument("--name", default=None,
+                        help="run name (same name + storage resumes from <storage>/<name>/checkpoints)")
     parser.add_argument("--address", default=None, help="Ray address ('auto' for a running cluster)")
     parser.add_argument("--max-failures", type=int, default=1)
     parser.add_argument("--list-methods", action="store_true", help="print methods and backbones")
@@ -137,13 +138,18 @@ def main(argv: list[str] | None = None) -> int:
              runtime_env={"worker_process_setup_hook": quiet_ray_worker_logs})
     storage = str(Path(args.storage).resolve()) if "://" not in args.storage else args.storage
     name = args.name or f"{config.method}_{config.backbone}_{config.content_hash()}"
+    checkpoint_root = f"{storage.rstrip('/')}/{name}/checkpoints"
     trainer = build_trainer({"trial": config.to_flat_dict(), "cohort_dir": str(cohort),
-                             "threads": max(1, int(args.cpus_per_worker))},
+                             "threads": max(1, int(args.cpus_per_worker)),
+                             "checkpoint_root": checkpoint_root},
                             workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                             gpus_per_worker=args.gpus_per_worker, storage_path=storage, name=name,
                             max_failures=args.max_failures)
     result = trainer.fit()
-    metrics = {k: v for k, v in (result.metrics or {}).items() if not k.startswith("artifact/")}
+    from trainables.checkpoints import CheckpointStore
+
+    history = CheckpointStore(checkpoint_root).history()    # the trial's own record of every epoch
+    metrics = {k: v for k, v in (history[-1] if history else {}).items() if not k.startswith("artifact/")}
     print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     print(f"run directory: {result.path}")
     return 0
