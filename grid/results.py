@@ -2,7 +2,8 @@
 
 One row per trial × epoch: identity (trial_id, sweep, experiment, epoch, is_last_epoch,
 status), the flattened TrialConfig as ``config/<field>``, every reported metric
-(``test/*``, ``train/*``, ``correction/*``, ``noise/*``, ``time/*``, ``artifact/*``) and the
+(``test/*``, ``train/*``, ``correction/*``, ``noise/*``, ``time/*``, ``artifact/*``,
+``placement/*``: Ray node id and device of each rank) and the
 sweep's ``provenance/*`` columns plus a per-trial ``provenance/config_hash``.
 
 Reads each trial folder's ``result.json`` (one JSON object per reported epoch). A resumed
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "results.parquet"
 TRAIN_RUNS_FOLDER = "train_runs"     # grid.runner puts each trial's Ray Train run here
 HISTORY_FILE = "history.json"        # trainables.loop writes it into every checkpoint
-METRIC_PREFIXES = ("test/", "train/", "correction/", "noise/", "time/", "artifact/")
+METRIC_PREFIXES = ("test/", "train/", "correction/", "noise/", "time/", "artifact/", "placement/")
 ERROR_STATUS = "ERROR"
 
 

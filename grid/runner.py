@@ -55,6 +55,7 @@ def run_trial(param: dict) -> None:
         "trial": trial["config"],
         "cohort_dir": runtime["cohort_dir"],
         "threads": max(1, int(runtime["cpus_per_worker"])),
+        "use_gpu": runtime["gpus_per_worker"] > 0,
         "artifact_dir": str(experiment / ARTIFACTS_FOLDER / trial["name"]) if experiment else None,
         "fail_once": _fail_hook(runtime, trial["name"]),
     }
@@ -98,14 +99,15 @@ def run_trial_in_process(loop_config: dict) -> None:
 
 
 def _fail_hook(runtime: dict, trial_name: str) -> dict | None:
-    """Test hook (env MIRACL_FAIL_ONCE='TRIAL:EPOCH:RANK'): that worker exits once at that epoch."""
+    """Test hook (env MIRACL_FAIL_ONCE='TRIAL:EPOCH:RANK[:hold]'): that worker exits (or, with
+    ':hold', waits until its node is killed) once at that epoch; see `trainables.loop._maybe_fail`."""
     spec = runtime.get("fail_once")
     if not spec:
         return None
-    name, epoch, rank = spec.split(":")
+    name, epoch, rank, *action = spec.split(":")
     if name != trial_name:
         return None
-    return {"epoch": int(epoch), "rank": int(rank),
+    return {"epoch": int(epoch), "rank": int(rank), "action": action[0] if action else "exit",
             "marker": f"{runtime['experiment_dir']}/fail_once_{trial_name}.marker"}
 
 

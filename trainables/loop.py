@@ -15,8 +15,10 @@ Per epoch, identically on every rank:
      (seed, epoch, rank) at every epoch start, so no RNG state needs saving).
 
 `loop_config` keys: ``trial`` (flat TrialConfig dict), ``cohort_dir``, optional
-``artifact_dir`` (selection artifacts, rank 0 writes), ``fail_once`` ({epoch, rank, marker}:
-test hook that kills one worker process once), ``threads`` (torch intra-op threads).
+``artifact_dir`` (selection artifacts, rank 0 writes), ``use_gpu`` (the trial reserved GPUs:
+train on this worker's GPU, `trainables.devices`), ``fail_once`` ({epoch, rank, marker[, action]}:
+test hook, once per marker: that worker exits, or with action "hold" stops there until its
+node is killed), ``threads`` (torch intra-op threads).
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from trainables.backbones import BACKBONES, build_backbone
 from trainables.batching import epoch_batches, shard, shard_weight
 from trainables.config import TrialConfig
 from trainables.correction import correction_diagnostics
+from trainables.devices import loader_options, worker_device
 from trainables.methods import METHODS, build_method
 from trainables.metrics import classification_metrics
 from trainables.statistics import PairStatistics
@@ -86,7 +89,8 @@ def run_training(loop_config: dict, report: ReportFunction,
     if loop_config.get("threads"):
         torch.set_num_threads(int(loop_config["threads"]))
     rank, world = distributed.rank(), distributed.world_size()
-    device = _device()
+    device = worker_device(use_gpu=bool(loop_config.get("use_gpu")))
+    placement = _placement(device)
 
     data = CohortData(loop_config["cohort_dir"], text_key=config.text_feature_key or None)
     train_rows, test_rows = data.rows("train"), data.rows("test")
@@ -138,7 +142,7 @@ def run_training(loop_config: dict, report: ReportFunction,
 
     patients = data.patient_id[train_rows]
     for epoch in range(start_epoch, config.epochs + 1):
-        _maybe_fail(loop_config.get("fail_once"), epoch, rank)
+        _maybe_fail(loop_config.get("fail_once"), epoch, rank, placement)
         epoch_start = time.perf_counter()
         seed_everything(config.seed, epoch, rank, config.deterministic)
         method.configure_epoch(epoch, optimizer)
@@ -148,7 +152,7 @@ def run_training(loop_config: dict, report: ReportFunction,
         batches = epoch_batches(num_train, config.batch_size, config.seed, epoch,
                                 sampler=config.sampler, groups=patients, minimum_batch=world)
         local = [shard(b, rank, world) for b in batches]
-        loader = DataLoader(train_set, batch_sampler=local, collate_fn=collate)
+        loader = DataLoader(train_set, batch_sampler=local, collate_fn=collate, **loader_options(device))
         term_sums: dict[str, float] = {}
         for global_batch, batch in zip(batches, loader):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -175,7 +179,7 @@ def run_training(loop_config: dict, report: ReportFunction,
         selection_seconds = time.perf_counter() - selection_start
 
         # 4. diagnostics against clean labels (outside the method), evaluation -------------
-        metrics: dict[str, Any] = {"epoch": epoch}
+        metrics: dict[str, Any] = {"epoch": epoch, **placement}
         metrics.update(_train_terms(term_sums, num_train, device))
         metrics.update(_noise_metrics(noise))
         diagnostics = correction_diagnostics(
@@ -238,13 +242,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-def _device() -> torch.device:
+def _placement(device: torch.device) -> dict[str, str]:
+    """Where every rank runs, rank order, comma-joined: Ray node id ("" outside Ray) and device."""
+    node_id = ""
     try:
-        import ray.train.torch
+        import ray
 
-        return ray.train.torch.get_device()
-    except Exception:  # outside a Ray Train worker
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if ray.is_initialized():
+            node_id = ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    ranks = distributed.all_gather_object((node_id, str(device)))
+    return {"placement/node_ids": ",".join(node for node, _ in ranks),
+            "placement/devices": ",".join(name for _, name in ranks)}
 
 
 @torch.inference_mode()
@@ -254,10 +264,10 @@ def _predict(model, dataset: CohortDataset, test_position_of: torch.Tensor, rank
     model.eval()
     positions = shard(np.arange(len(dataset)), rank, world)
     loader = DataLoader(dataset, batch_sampler=np.array_split(positions, max(1, -(-len(positions) // EVAL_BATCH_SIZE))),
-                        collate_fn=collate)
+                        collate_fn=collate, **loader_options(device))
     indices, outputs = [], []
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         outputs.append(torch.sigmoid(model(batch).logits).float())
         indices.append(test_position_of[batch["index"].cpu()].to(device))
     local_index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
@@ -296,14 +306,23 @@ def _write_artifact(artifact_dir: str | None, epoch: int, artifact: dict | None,
     return str(path)
 
 
-def _maybe_fail(spec: dict | None, epoch: int, rank: int) -> None:
-    """Test hook: the worker of `spec['rank']` exits hard at `spec['epoch']`, once per marker."""
+def _maybe_fail(spec: dict | None, epoch: int, rank: int, placement: dict[str, str]) -> None:
+    """Test hook: the worker of `spec['rank']` exits hard at `spec['epoch']` (action "exit", the
+    default) or waits there forever (action "hold": a test kills its node), once per marker.
+    The marker (JSON) names the rank, epoch and Ray node id of that worker."""
     if not spec or epoch != int(spec["epoch"]) or rank != int(spec.get("rank", 0)):
         return
     marker = Path(spec["marker"])
     if marker.exists():
         return
+    action = spec.get("action", "exit")
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"killed rank {rank} at epoch {epoch}\n")
-    logger.warning("fail_once hook: rank %d exits at epoch %d", rank, epoch)
+    temporary = marker.with_name(f".{marker.name}.{os.getpid()}")
+    temporary.write_text(json.dumps({"rank": rank, "epoch": epoch, "action": action,
+                                     "node_id": placement["placement/node_ids"].split(",")[rank]}))
+    temporary.rename(marker)                 # a reader never sees a half-written marker
+    logger.warning("fail_once hook: rank %d %s at epoch %d", rank, action, epoch)
+    if action == "hold":
+        while True:
+            time.sleep(1)
     os._exit(17)
