@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="0: as many as the cluster's current resources fit (set it on autoscaling clusters)")
     cluster.add_argument("--max-failures", type=int, default=2)
     cluster.add_argument("--storage", default="./runs", help="local path or pyarrow URI (s3://...)")
+    cluster.add_argument("--node-local-cache", default=None, metavar="DIR",
+                         help="folder on every node's local disk: each node copies the cohort there once "
+                              "and its trials read that copy instead of --cohort-cache every epoch")
     cluster.add_argument("--name", default=None, help="experiment name (default: the sweep name)")
     cluster.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
     cluster.add_argument("--no-report", action="store_true", help="skip analysis.report at the end")
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         args.workers_per_trial = 0 if preset == "quick" else 1
     if args.workers_per_trial < 0:
         print("error: --workers-per-trial must be >= 0", file=sys.stderr)
+        return 2
+    if args.node_local_cache and not Path(args.node_local_cache).is_absolute():
+        print(f"error: --node-local-cache {args.node_local_cache}: expected an absolute path (it names a "
+              "folder on every node)", file=sys.stderr)
         return 2
     runtime = preset_runtime(preset)
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
@@ -188,7 +195,8 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
         tuner = restore_tuner(experiment_dir)
     else:
         tuner = build_tuner(trials, experiment_name=experiment, storage=storage, cohort_dir=str(cohort_dir),
-                            resources=resources, fail_once=os.environ.get("MIRACL_FAIL_ONCE"))
+                            resources=resources, fail_once=os.environ.get("MIRACL_FAIL_ONCE"),
+                            node_local_cache=args.node_local_cache)
     grid = tuner.fit()
     statuses = {}
     failed = []

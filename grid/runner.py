@@ -13,7 +13,8 @@ Failure handling, two levels:
   `Tuner.restore(..., resume_unfinished=True, resume_errored=True)`; finished trials are kept.
 
 Data: trials read one materialised cohort directory by path. On a cluster that path must be
-on shared storage (NFS/EFS mounted at the same path on every node); see README.
+on shared storage (NFS/EFS mounted at the same path on every node); see README. With a
+node-local cache folder, each worker reads a copy staged once per node (`data.staging`).
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def run_trial(param: dict) -> None:
         "cohort_dir": runtime["cohort_dir"],
         "threads": max(1, int(runtime["cpus_per_worker"])),
         "use_gpu": runtime["gpus_per_worker"] > 0,
+        "node_local_cache": runtime.get("node_local_cache"),
         "artifact_dir": str(experiment / ARTIFACTS_FOLDER / trial["name"]) if experiment else None,
         "fail_once": _fail_hook(runtime, trial["name"]),
     }
@@ -116,7 +118,7 @@ def trial_dirname(trial) -> str:
 
 
 def build_tuner(trials: Sequence[Trial], *, experiment_name: str, storage: str, cohort_dir: str,
-                resources: Resources, fail_once: str | None = None):
+                resources: Resources, fail_once: str | None = None, node_local_cache: str | None = None):
     """A fresh `ray.tune.Tuner` over `trials` (grid search over the trial list)."""
     from ray import tune
 
@@ -125,7 +127,8 @@ def build_tuner(trials: Sequence[Trial], *, experiment_name: str, storage: str, 
                "workers_per_trial": resources.workers_per_trial,
                "cpus_per_worker": resources.cpus_per_worker,
                "gpus_per_worker": resources.gpus_per_worker,
-               "max_failures": resources.max_failures, "fail_once": fail_once}
+               "max_failures": resources.max_failures, "fail_once": fail_once,
+               "node_local_cache": node_local_cache}
     param_space = {
         "trial": tune.grid_search([{"name": t.name, "config": t.config} for t in trials]),
         "runtime": runtime,

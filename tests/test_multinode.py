@@ -28,13 +28,13 @@ COMPARED = ("test/", "train/", "correction/", "noise/")
 pytestmark = pytest.mark.slow
 
 
-def _driver(cohort: Path, storage: Path, address: str, environment: dict) -> subprocess.Popen:
+def _driver(cohort: Path, storage: Path, address: str, environment: dict, *extra: str) -> subprocess.Popen:
     settings = [item for key, value in TINY.items() for item in ("--set", f"{key}={value}")]
     command = [sys.executable, str(REPOSITORY / "grid" / "run.py"), "--sweep", "lambda_cons",
                "--data", str(cohort), "--preset", "quick", "--seeds", "30", "--noise", "symmetric:0.2,0.2",
                "--set", "lambda_cons=0,0.1", "--set", "dropout=0.0", "--set", "noisy_gating=false",
                *settings, "--workers-per-trial", "2", "--max-concurrent", "1", "--storage", str(storage),
-               "--no-report", "--address", address]
+               "--no-report", "--address", address, *extra]
     log = open(storage.parent / f"{storage.name}.log", "w")
     return subprocess.Popen(command, env={**environment, "PYTHONPATH": str(REPOSITORY)},
                             stdout=log, stderr=subprocess.STDOUT)
@@ -77,7 +77,9 @@ def test_sweep_spans_nodes_survives_a_lost_node_and_matches_one_node(tiny_cohort
         # rank 1 of the second trial stops at the start of epoch HOLD_EPOCH (the first trial
         # has finished, epochs 1..HOLD_EPOCH-1 are checkpointed); then its node is killed
         environment = {**cluster.environment(), "MIRACL_FAIL_ONCE": f"{TRIALS[1]}:{HOLD_EPOCH}:1:hold"}
-        driver = _driver(tiny_cohort, storage, cluster.address, environment)
+        # and every node reads a node-local copy of the cohort (one machine here: one copy)
+        driver = _driver(tiny_cohort, storage, cluster.address, environment,
+                         "--node-local-cache", str(tmp_path / "node_local"))
         deadline = time.time() + 600
         while time.time() < deadline and not marker.exists():
             assert driver.poll() is None, (tmp_path / "multi.log").read_text()[-4000:]
@@ -102,6 +104,8 @@ def test_sweep_spans_nodes_survives_a_lost_node_and_matches_one_node(tiny_cohort
     after = placements[TRIALS[1]].loc[HOLD_EPOCH:]
     assert all(set(nodes) == {survivor, replacement.node_id} for nodes in after), after.tolist()
     assert set(frame["status"]) == {"TERMINATED"}
+    assert [p.name for p in (tmp_path / "node_local").iterdir() if not p.name.startswith(".")] == \
+        [json.loads((tiny_cohort / "manifest.json").read_text())["cohort_hash"]]
     # same batches, same gloo sums: every metric of every epoch equals the single-node run
     pd.testing.assert_frame_equal(_compared(frame), _compared(reference), check_exact=True)
     print(f"\nsingle node {single_seconds:.0f} s; multi-node with a lost node {recovered_seconds:.0f} s; "

@@ -16,7 +16,8 @@ Per epoch, identically on every rank:
 
 `loop_config` keys: ``trial`` (flat TrialConfig dict), ``cohort_dir``, optional
 ``artifact_dir`` (selection artifacts, rank 0 writes), ``use_gpu`` (the trial reserved GPUs:
-train on this worker's GPU, `trainables.devices`), ``fail_once`` ({epoch, rank, marker[, action]}:
+train on this worker's GPU, `trainables.devices`), ``node_local_cache`` (a folder on the
+worker's node: read a copy of the cohort staged there, `data.staging`), ``fail_once`` ({epoch, rank, marker[, action]}:
 test hook, once per marker: that worker exits, or with action "hold" stops there until its
 node is killed), ``threads`` (torch intra-op threads).
 """
@@ -37,6 +38,7 @@ from torch.utils.data import DataLoader
 
 from data.dataset import CohortData, CohortDataset, collate
 from data.noise import apply_noise
+from data.staging import stage_cohort
 from trainables import distributed
 from trainables.backbones import BACKBONES, build_backbone
 from trainables.batching import epoch_batches, shard, shard_weight
@@ -93,6 +95,9 @@ def run_training(loop_config: dict, report: ReportFunction,
     placement = _placement(device)
 
     data = CohortData(loop_config["cohort_dir"], text_key=config.text_feature_key or None)
+    if loop_config.get("node_local_cache"):   # read a node-local copy, not shared storage, every epoch
+        data = CohortData(stage_cohort(data.directory, loop_config["node_local_cache"], text_keys=[data.text_key]),
+                          text_key=data.text_key)
     train_rows, test_rows = data.rows("train"), data.rows("test")
     clean_train = data.labels[train_rows]
     noise = apply_noise(clean_train, config.noise_model, config.rho_pos, config.rho_neg,
