@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "see data.noteevents); needs --icustays")
     data.add_argument("--icustays", default=None, help="mimic3 with --noteevents: MIMIC-III ICUSTAYS (stay times)")
     data.add_argument("--encoder", default=None, help="text encoder (HF id or path); default: packaged MiniLM")
+    data.add_argument("--encode-on-cluster", action="store_true",
+                      help="compute the notes' text features as a Ray job (one task per length bucket, on GPU "
+                           "workers when the cluster has them; resumable) instead of in this process")
     data.add_argument("--cohort-cache", default=None,
                       help="where materialised cohorts live (shared storage on a cluster; default ./runs/cohorts)")
     trials = parser.add_argument_group("trials")
@@ -106,7 +109,22 @@ def prepare_data(args, runtime: dict) -> Path:
         options.update(patients=synthetic["num_patients"], hours=synthetic["max_hours"])
     key = hashlib.sha256(json.dumps([source, options], sort_keys=True, default=str).encode()).hexdigest()[:12]
     cache = Path(args.cohort_cache or Path(args.storage if "://" not in args.storage else ".") / "cohorts")
-    return Path(prepare_cohort(source, cache.resolve() / key, **{k: v for k, v in options.items() if v is not None}))
+    out = cache.resolve() / key
+    if args.encode_on_cluster:    # the notes' token features by a Ray job on the cluster's (GPU) workers
+        from grid.encode_text import ClusterNoteEncoder
+
+        connect_ray(args)
+        options["note_encoder"] = ClusterNoteEncoder(out / ".text_shards")
+    return Path(prepare_cohort(source, out, **{k: v for k, v in options.items() if v is not None}))
+
+
+def connect_ray(args) -> None:
+    """Join `--address` (or start a local Ray) once per process; tests may have started one already."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False if not args.address else None,
+                 log_to_driver=False, runtime_env={"env_vars": RAY_WORKER_ENVIRONMENT})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,9 +202,7 @@ def run_sweep(args, trials, cohort_dir: Path, manifest: dict, storage: str, expe
     from grid.results import ERROR_STATUS, collect_experiment, fetch_result_files, write_results
     from grid.runner import Resources, build_tuner, restore_tuner
 
-    if not ray.is_initialized():   # tests (and notebooks) may have started one already
-        ray.init(address=args.address, include_dashboard=False if not args.address else None,
-                 log_to_driver=False, runtime_env={"env_vars": RAY_WORKER_ENVIRONMENT})
+    connect_ray(args)
     resources = Resources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker,
                           args.max_concurrent or fitting_trials(ray.cluster_resources(), args),
                           args.max_failures)

@@ -45,7 +45,7 @@ def _reports(storage: Path, trial: str) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _finish(driver: subprocess.Popen, storage: Path, timeout: float = 600) -> pd.DataFrame:
+def _finish(driver: subprocess.Popen, storage: Path, timeout: float = 2400) -> pd.DataFrame:
     try:
         assert driver.wait(timeout=timeout) == 0, (storage.parent / f"{storage.name}.log").read_text()[-4000:]
     finally:
@@ -80,7 +80,7 @@ def test_sweep_spans_nodes_survives_a_lost_node_and_matches_one_node(tiny_cohort
         # and every node reads a node-local copy of the cohort (one machine here: one copy)
         driver = _driver(tiny_cohort, storage, cluster.address, environment,
                          "--node-local-cache", str(tmp_path / "node_local"))
-        deadline = time.time() + 600
+        deadline = time.time() + 2400
         while time.time() < deadline and not marker.exists():
             assert driver.poll() is None, (tmp_path / "multi.log").read_text()[-4000:]
             time.sleep(0.2)
