@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ logger = logging.getLogger("grid.run")
 # ~4 s per trial of pure waiting (bench/bench_grid.py).
 RAY_WORKER_ENVIRONMENT = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
                           "TOKENIZERS_PARALLELISM": "false"}
+TEXT_SHARDS = ".text_shards"      # --encode-on-cluster's finished shards (resume) inside the cohort folder
 PAPER_L_AVG, PAPER_NUM_LABELS = 4.575, 25   # MIMIC-IV PHE (METHOD §10), for --list without a cohort
 
 
@@ -114,8 +116,10 @@ def prepare_data(args, runtime: dict) -> Path:
         from grid.encode_text import ClusterNoteEncoder
 
         connect_ray(args)
-        options["note_encoder"] = ClusterNoteEncoder(out / ".text_shards")
-    return Path(prepare_cohort(source, out, **{k: v for k, v in options.items() if v is not None}))
+        options["note_encoder"] = ClusterNoteEncoder(out / TEXT_SHARDS)
+    cohort = Path(prepare_cohort(source, out, **{k: v for k, v in options.items() if v is not None}))
+    shutil.rmtree(out / TEXT_SHARDS, ignore_errors=True)     # kept only until the text cache is written
+    return cohort
 
 
 def connect_ray(args) -> None:
