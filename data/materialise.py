@@ -301,8 +301,9 @@ def _ensure_text_features(out_dir: Path, notes: list[str], *, label_names, encod
                           batch_size: int, progress: bool, note_encoder=None):
     """Lazy import of data.text_features (heavy: transformers) and the call; returns its TextFeatureInfo."""
     from data import text_features
-    kwargs = dict(label_names=list(label_names), max_tokens=max_tokens, batch_size=batch_size, progress=progress,
-                  note_encoder=note_encoder)
+    kwargs = dict(label_names=list(label_names), max_tokens=max_tokens, batch_size=batch_size, progress=progress)
+    if note_encoder is not None:
+        kwargs["note_encoder"] = note_encoder
     kwargs["encoder"] = encoder if encoder is not None else text_features.DEFAULT_ENCODER
     return text_features.ensure_text_features(out_dir, notes, **kwargs)
 
