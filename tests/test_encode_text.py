@@ -14,6 +14,8 @@ NOTES = ["Admitted with chest pain and shortness of breath.", "", "Sepsis; start
          "Acute kidney injury on chronic kidney disease stage 3."] * 3
 LABELS = ["Acute renal failure", "Septicemia"]
 
+pytestmark = [pytest.mark.slow, pytest.mark.ci]     # starts a private local Ray (~30 s on a quiet machine)
+
 
 @pytest.fixture(scope="module")
 def ray_local(tmp_path_factory):
