@@ -468,7 +468,7 @@ def _materialise(cohort: Cohort, out_dir: Path, *, max_bins: int, encoder: str |
     started = time.perf_counter()
     info = _ensure_text_features(out_dir, notes, label_names=cohort.label_names, encoder=encoder,
                                  max_tokens=max_tokens, batch_size=text_batch_size, progress=progress,
-                                 note_encoder=note_encoder)
+                                 **({"note_encoder": note_encoder} if note_encoder is not None else {}))
     timings["text"] = time.perf_counter() - started
     noted = int(stays["has_note"].sum())
     if info.reused:
