@@ -298,10 +298,12 @@ def _validate(cohort: Cohort) -> None:
 
 
 def _ensure_text_features(out_dir: Path, notes: list[str], *, label_names, encoder, max_tokens: int,
-                          batch_size: int, progress: bool):
+                          batch_size: int, progress: bool, note_encoder=None):
     """Lazy import of data.text_features (heavy: transformers) and the call; returns its TextFeatureInfo."""
     from data import text_features
     kwargs = dict(label_names=list(label_names), max_tokens=max_tokens, batch_size=batch_size, progress=progress)
+    if note_encoder is not None:
+        kwargs["note_encoder"] = note_encoder
     kwargs["encoder"] = encoder if encoder is not None else text_features.DEFAULT_ENCODER
     return text_features.ensure_text_features(out_dir, notes, **kwargs)
 
@@ -399,19 +401,21 @@ def _text_file_names(out_dir: Path, key: str) -> list[str]:
 # --------------------------------------------------------------------------- main entry
 def materialise(cohort: Cohort, out_dir: str | os.PathLike, *, max_bins: int = DEFAULT_MAX_BINS,
                 encoder: str | None = None, max_tokens: int = 512, text_batch_size: int = 64,
-                progress: bool = True) -> Path:
+                progress: bool = True, note_encoder=None) -> Path:
     """Cohort (N stays, split assigned) -> materialised directory ``out_dir`` (returned).
 
-    Holds ``out_dir``'s writer lock throughout (CohortError when another process writes it)."""
+    Holds ``out_dir``'s writer lock throughout (CohortError when another process writes it).
+    note_encoder: where the note features are computed (`data.text_features.NoteEncoder`;
+    default: in this process)."""
     out_dir = Path(out_dir)
     _validate(cohort)
     with exclusive_writer(out_dir):
         return _materialise(cohort, out_dir, max_bins=max_bins, encoder=encoder, max_tokens=max_tokens,
-                            text_batch_size=text_batch_size, progress=progress)
+                            text_batch_size=text_batch_size, progress=progress, note_encoder=note_encoder)
 
 
 def _materialise(cohort: Cohort, out_dir: Path, *, max_bins: int, encoder: str | None, max_tokens: int,
-                 text_batch_size: int, progress: bool) -> Path:
+                 text_batch_size: int, progress: bool, note_encoder=None) -> Path:
     timings = {k: float(v) for k, v in cohort.timings.items()}
 
     started = time.perf_counter()
@@ -463,7 +467,8 @@ def _materialise(cohort: Cohort, out_dir: Path, *, max_bins: int, encoder: str |
 
     started = time.perf_counter()
     info = _ensure_text_features(out_dir, notes, label_names=cohort.label_names, encoder=encoder,
-                                 max_tokens=max_tokens, batch_size=text_batch_size, progress=progress)
+                                 max_tokens=max_tokens, batch_size=text_batch_size, progress=progress,
+                                 **({"note_encoder": note_encoder} if note_encoder is not None else {}))
     timings["text"] = time.perf_counter() - started
     noted = int(stays["has_note"].sum())
     if info.reused:

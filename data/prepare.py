@@ -147,8 +147,9 @@ def prepare_cohort(source: str, out: str | os.PathLike, *, notes: str | os.PathL
                    encoder: str | None = None, max_tokens: int = 512, max_bins: int = 512,
                    patients: int = 1600, hours: int = 48, seed: int = 0, test_fraction: float = 0.2,
                    split_seed: int = 0, text_batch_size: int = 64, unknown_categories: str = "error",
-                   drop_bad_stays: bool = False, progress: bool = True) -> Path:
-    """Read ``source``, assign a split, materialise into ``out``; returns the cohort directory."""
+                   drop_bad_stays: bool = False, progress: bool = True, note_encoder=None) -> Path:
+    """Read ``source``, assign a split, materialise into ``out``; returns the cohort directory.
+    note_encoder: see `data.materialise.materialise`."""
     out = Path(out)
     with exclusive_writer(out):   # also covers the synthetic source files written into out/source
         cohort = read_source(source, out, notes=notes, noteevents=noteevents, icustays=icustays,
@@ -159,7 +160,7 @@ def prepare_cohort(source: str, out: str | os.PathLike, *, notes: str | os.PathL
         logger.info("read %d stays of %d patients (%d dropped)", cohort.num_stays,
                     cohort.stays["patient_id"].nunique(), len(cohort.dropped))
         return materialise(cohort, out, max_bins=max_bins, encoder=encoder, max_tokens=max_tokens,
-                           text_batch_size=text_batch_size, progress=progress)
+                           text_batch_size=text_batch_size, progress=progress, note_encoder=note_encoder)
 
 
 def verify_cohort(directory: str | os.PathLike):

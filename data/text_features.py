@@ -46,7 +46,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -79,6 +79,18 @@ class EncodedNotes:
     dim: int
     encoder_id: str
     revision: str
+
+
+class NoteEncoder(Protocol):
+    """Computes the token features of N notes into storage it is handed (the cache writer's memmap).
+
+    ``(notes, *, encoder, max_tokens, batch_size, allocate) -> (features, offsets)``: calls
+    ``allocate((Σ tokens, D))`` once for a float16 array, fills it with note i's token states at
+    rows ``offsets[i]:offsets[i+1]`` (int64 N+1, returned), exactly as `encode_notes` computes them.
+    """
+
+    def __call__(self, notes: list[str], *, encoder: str, max_tokens: int, batch_size: int,
+                 allocate: Callable[[tuple[int, int]], np.ndarray]) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -429,8 +441,12 @@ def ensure_text_features(cohort_dir: str | Path, texts: Sequence[str], *,
                          label_names: Sequence[str], encoder: str = DEFAULT_ENCODER,
                          max_tokens: int = 512,
                          batch_size: int = 64, progress: bool = True,
-                         device: str = "cpu") -> TextFeatureInfo:
+                         device: str = "cpu", note_encoder: NoteEncoder | None = None) -> TextFeatureInfo:
     """Compute (or reuse) ``cohort_dir/text/KEY/`` for these notes and label names.
+
+    note_encoder: computes the note token features elsewhere (e.g. `grid.encode_text` on a Ray
+    cluster's GPU workers) instead of in this process on `device`; see `NoteEncoder`. The
+    label names are always encoded here (a few dozen short strings).
 
     A directory whose meta.json matches (encoder, revision, max_tokens, content hash) and whose
     arrays have the recorded shapes is reused without loading the model. Otherwise the features
@@ -456,15 +472,22 @@ def ensure_text_features(cohort_dir: str | Path, texts: Sequence[str], *,
     if target.exists():
         logger.warning("text feature directory %s is incomplete or stale; recomputing it", target)
 
-    loaded = load_encoder(encoder, device)
+    if note_encoder is None:
+        loaded = load_encoder(encoder, device)
+
+        def note_encoder(notes, *, encoder, max_tokens, batch_size, allocate):
+            return _encode_into(loaded, notes, max_tokens, batch_size, progress, allocate)
     text_dir.mkdir(parents=True, exist_ok=True)
     temporary = text_dir / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temporary.mkdir()
     try:
-        features, offsets = _encode_into(
-            loaded, items, max_tokens, batch_size, progress,
-            lambda shape: np.lib.format.open_memmap(temporary / "token_features.npy", mode="w+",
-                                                    dtype=np.float16, shape=shape))
+        features, offsets = note_encoder(
+            items, encoder=encoder, max_tokens=max_tokens, batch_size=batch_size,
+            allocate=lambda shape: np.lib.format.open_memmap(temporary / "token_features.npy", mode="w+",
+                                                             dtype=np.float16, shape=shape))
+        if offsets.shape != (len(items) + 1,) or features.shape[0] != offsets[-1]:
+            raise TextFeatureError(f"note encoder returned {features.shape[0]} token rows and offsets of shape "
+                                   f"{offsets.shape}; expected offsets of shape ({len(items) + 1},) ending at the rows")
         features.flush()
         num_tokens, dim = features.shape
         del features

@@ -6,7 +6,8 @@ and on any pyarrow URI (s3://...) directly.
 
 `results.parquet`: one row per trial × epoch — identity (trial_id, sweep, experiment, epoch,
 is_last_epoch, status), the flattened TrialConfig as ``config/<field>``, every reported metric
-(``test/*``, ``train/*``, ``correction/*``, ``noise/*``, ``time/*``, ``artifact/*``) and the
+(``test/*``, ``train/*``, ``correction/*``, ``noise/*``, ``time/*``, ``artifact/*``,
+``placement/*``: Ray node id and device of each rank) and the
 ``provenance/*`` columns the trial was registered with, plus ``provenance/config_hash``.
 A trial's rows are the `history.json` of its newest complete checkpoint: every epoch exactly
 once, whatever the driver lost between a checkpoint and Tune's result log.
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.parquet"
 TRIALS_FILE = "trials.parquet"
-METRIC_PREFIXES = ("test/", "train/", "correction/", "noise/", "time/", "artifact/")
+METRIC_PREFIXES = ("test/", "train/", "correction/", "noise/", "time/", "artifact/", "placement/")
 FINISHED_STATUS = "TERMINATED"
 ERROR_STATUS = "ERROR"
 UNFINISHED_STATUS = "INCOMPLETE"

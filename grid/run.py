@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -37,6 +38,7 @@ logger = logging.getLogger("grid.run")
 # ~4 s per trial of pure waiting (bench/bench_grid.py).
 RAY_WORKER_ENVIRONMENT = {"RAY_TRAIN_V2_ENABLED": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
                           "TOKENIZERS_PARALLELISM": "false"}
+TEXT_SHARDS = ".text_shards"      # --encode-on-cluster's finished shards (resume) inside the cohort folder
 PAPER_L_AVG, PAPER_NUM_LABELS = 4.575, 25   # MIMIC-IV PHE (METHOD §10), for --list without a cohort
 
 
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "per stay, see data.noteevents); mimic3 needs --icustays")
     data.add_argument("--icustays", default=None, help="mimic3 with --noteevents: MIMIC-III ICUSTAYS (stay times)")
     data.add_argument("--encoder", default=None, help="text encoder (HF id or path); default: packaged MiniLM")
+    data.add_argument("--encode-on-cluster", action="store_true",
+                      help="compute the notes' text features as a Ray job (one task per length bucket, on GPU "
+                           "workers when the cluster has them; resumable) instead of in this process")
     data.add_argument("--cohort-cache", default=None,
                       help="where materialised cohorts live (shared storage on a cluster; default ./runs/cohorts)")
     trials = parser.add_argument_group("trials")
@@ -76,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="0: as many as the cluster's current resources fit (set it on autoscaling clusters)")
     cluster.add_argument("--max-failures", type=int, default=2)
     cluster.add_argument("--storage", default="./runs", help="local path or pyarrow URI (s3://...)")
+    cluster.add_argument("--node-local-cache", default=None, metavar="DIR",
+                         help="folder on every node's local disk: each node copies the cohort there once "
+                              "and its trials read that copy instead of --cohort-cache every epoch")
     cluster.add_argument("--name", default=None, help="experiment name (default: the sweep name)")
     cluster.add_argument("--resume", action="store_true",
                          help="continue the sweep in its folder (an error when there is none); finished "
@@ -119,7 +127,23 @@ def prepare_data(args, runtime: dict) -> Path:
     source, cohort, options = cohort_location(args, runtime)
     if not source:
         return cohort
-    return Path(prepare_cohort(source, cohort, **options))
+    if args.encode_on_cluster:    # the notes' token features by a Ray job on the cluster's (GPU) workers
+        from grid.encode_text import ClusterNoteEncoder
+
+        connect_ray(args)
+        options["note_encoder"] = ClusterNoteEncoder(cohort / TEXT_SHARDS)
+    prepared = Path(prepare_cohort(source, cohort, **options))
+    shutil.rmtree(cohort / TEXT_SHARDS, ignore_errors=True)     # kept only until the text cache is written
+    return prepared
+
+
+def connect_ray(args) -> None:
+    """Join `--address` (or start a local Ray) once per process; tests may have started one already."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=args.address, include_dashboard=False if not args.address else None,
+                 log_to_driver=False, runtime_env={"env_vars": RAY_WORKER_ENVIRONMENT})
 
 
 def expand_requested_sweep(args, preset: str, runtime: dict, l_avg: float, num_labels: int) -> list:
@@ -166,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         args.workers_per_trial = 0 if preset == "quick" else 1
     if args.workers_per_trial < 0:
         print("error: --workers-per-trial must be >= 0", file=sys.stderr)
+        return 2
+    if args.node_local_cache and not Path(args.node_local_cache).is_absolute():
+        print(f"error: --node-local-cache {args.node_local_cache}: expected an absolute path (it names a "
+              "folder on every node)", file=sys.stderr)
         return 2
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
     folder = SweepFolder(f"{storage.rstrip('/')}/{args.name or args.sweep}")
@@ -336,9 +364,7 @@ def _run_trials(args, folder, to_run, cohort_dir: Path, stop_requests: list) -> 
     from grid.runner import Resources, build_tuner
     from trainables.checkpoints import storage_full
 
-    if not ray.is_initialized():   # tests (and notebooks) may have started one already
-        ray.init(address=args.address, include_dashboard=False if not args.address else None,
-                 log_to_driver=False, runtime_env={"env_vars": RAY_WORKER_ENVIRONMENT})
+    connect_ray(args)   # tests (and notebooks) may have started one already
     for sig in STOP_SIGNALS:   # ray.init installs its own SIGTERM handler (sys.exit): ours again
         signal.signal(sig, _stop_handler(stop_requests))
     resources = Resources(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker,
@@ -349,7 +375,7 @@ def _run_trials(args, folder, to_run, cohort_dir: Path, stop_requests: list) -> 
     run_name = f"run-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     tuner = build_tuner(to_run, experiment_dir=folder.uri, run_name=run_name, cohort_dir=str(cohort_dir),
                         resources=resources, stop_requests=stop_requests,
-                        fail_once=os.environ.get("MIRACL_FAIL_ONCE"))
+                        fail_once=os.environ.get("MIRACL_FAIL_ONCE"), node_local_cache=args.node_local_cache)
     failures = {}
     for result in tuner.fit():
         if result.error is None:

@@ -15,7 +15,8 @@ a checkpoint Tune or Ray Train recorded. Each run of the grid is a fresh Tune ex
 the cells that are not finished yet (`grid.folder`); Tune's experiment state is never restored.
 
 Data: trials read one materialised cohort directory by path. On a cluster that path must be
-on shared storage (NFS/EFS mounted at the same path on every node); see README.
+on shared storage (NFS/EFS mounted at the same path on every node); see README. With a
+node-local cache folder, each worker reads a copy staged once per node (`data.staging`).
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def run_trial(param: dict) -> None:
         "trial": trial["config"],
         "cohort_dir": runtime["cohort_dir"],
         "threads": max(1, int(runtime["cpus_per_worker"])),
+        "use_gpu": runtime["gpus_per_worker"] > 0,
+        "node_local_cache": runtime.get("node_local_cache"),
         "artifact_dir": str(Path(folder.trial_dir(trial["id"])) / ARTIFACTS_FOLDER) if local else None,
         "checkpoint_root": folder.checkpoint_store(trial["id"]).root_uri,
         "fail_once": _fail_hook(runtime, trial["name"]),
@@ -92,14 +95,15 @@ def run_trial_in_process(loop_config: dict) -> None:
 
 
 def _fail_hook(runtime: dict, trial_name: str) -> dict | None:
-    """Test hook (env MIRACL_FAIL_ONCE='TRIAL:EPOCH:RANK'): that worker exits once at that epoch."""
+    """Test hook (env MIRACL_FAIL_ONCE='TRIAL:EPOCH:RANK[:hold]'): that worker exits (or, with
+    ':hold', waits until its node is killed) once at that epoch; see `trainables.loop._maybe_fail`."""
     spec = runtime.get("fail_once")
     if not spec:
         return None
-    name, epoch, rank = spec.split(":")
+    name, epoch, rank, *action = spec.split(":")
     if name != trial_name:
         return None
-    return {"epoch": int(epoch), "rank": int(rank),
+    return {"epoch": int(epoch), "rank": int(rank), "action": action[0] if action else "exit",
             "marker": f"{runtime['experiment_dir']}/fail_once_{trial_name}.marker"}
 
 
@@ -109,7 +113,7 @@ def trial_dirname(trial) -> str:
 
 def build_tuner(cells: Sequence[tuple[str, Trial]], *, experiment_dir: str, run_name: str,
                 cohort_dir: str, resources: Resources, stop_requests: list,
-                fail_once: str | None = None):
+                fail_once: str | None = None, node_local_cache: str | None = None):
     """A fresh `ray.tune.Tuner` over `cells` ((trial id, Trial) pairs: the cells this run
     trains), its Tune folder `<experiment_dir>/tune/<run_name>`. The experiment stops (running
     trials end at their last checkpoint) as soon as `stop_requests` is non-empty — the CLI
@@ -130,7 +134,8 @@ def build_tuner(cells: Sequence[tuple[str, Trial]], *, experiment_dir: str, run_
                "workers_per_trial": resources.workers_per_trial,
                "cpus_per_worker": resources.cpus_per_worker,
                "gpus_per_worker": resources.gpus_per_worker,
-               "max_failures": resources.max_failures, "fail_once": fail_once}
+               "max_failures": resources.max_failures, "fail_once": fail_once,
+               "node_local_cache": node_local_cache}
     param_space = {
         "trial": tune.grid_search([{"id": identity, "name": t.name, "config": t.config}
                                    for identity, t in cells]),

@@ -85,3 +85,28 @@ def test_min_workers_above_max_workers_fails(raw_config):
     broken["available_node_types"]["gpu_worker"]["min_workers"] = broken["max_workers"] + 1
     with pytest.raises(ValueError, match="max_workers"):
         check(broken)
+
+
+# --- cluster-local.yaml: the autoscaler's fake multi-node provider on one machine ------------
+LOCAL_YAML = CLUSTER_YAML.with_name("cluster-local.yaml")
+
+
+def test_local_cluster_yaml_passes_ray_validation_and_loads_the_fake_provider():
+    from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
+    from ray.autoscaler._private.providers import _get_node_provider_cls
+
+    prepared = check(yaml.safe_load(LOCAL_YAML.read_text()))
+    assert _get_node_provider_cls(prepared["provider"]) is FakeMultiNodeProvider
+    assert prepared["provider"]["gcs_address"]          # new nodes must join this head, not :6379
+    head = prepared["available_node_types"][prepared["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}              # training needs autoscaled worker nodes
+    workers = prepared["available_node_types"]["cpu_worker"]
+    assert workers["min_workers"] == 0 and workers["max_workers"] >= 2
+
+
+def test_fake_multinode_type_has_no_defaults_in_this_ray():
+    """Why cluster-local.yaml uses `type: external`: Ray 2.60's wheel lacks fake_multinode's defaults."""
+    config = yaml.safe_load(LOCAL_YAML.read_text())
+    config["provider"] = {"type": "fake_multinode"}
+    with pytest.raises(FileNotFoundError, match="fake_multi_node/example.yaml"):
+        prepare_config(config)

@@ -93,6 +93,15 @@ def gather_rows(index: torch.Tensor, values: torch.Tensor, total: int) -> torch.
     return out
 
 
+def all_gather_object(value) -> list:
+    """Every rank's picklable `value`, in rank order (``[value]`` in a single process)."""
+    if not is_distributed():
+        return [value]
+    values = [None] * world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def broadcast_object(value):
     """Rank 0's Python object on every rank."""
     if not is_distributed():

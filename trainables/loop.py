@@ -19,8 +19,11 @@ Per epoch, identically on every rank:
 
 `loop_config` keys: ``trial`` (flat TrialConfig dict), ``cohort_dir``, optional
 ``artifact_dir`` (selection artifacts, rank 0 writes), ``checkpoint_root`` (the trial's
-`CheckpointStore`, for `run_with_store`/`train_loop_per_worker`), ``fail_once`` ({epoch, rank, marker}:
-test hook that kills one worker process once), ``threads`` (torch intra-op threads).
+`CheckpointStore`, for `run_with_store`/`train_loop_per_worker`), ``use_gpu`` (the trial
+reserved GPUs: train on this worker's GPU, `trainables.devices`), ``node_local_cache`` (a folder
+on the worker's node: read a copy of the cohort staged there, `data.staging`), ``fail_once``
+({epoch, rank, marker[, action]}: test hook, once per marker: that worker exits, or with action
+"hold" stops there until its node is killed), ``threads`` (torch intra-op threads).
 """
 from __future__ import annotations
 
@@ -39,11 +42,13 @@ from torch.utils.data import DataLoader
 
 from data.dataset import CohortData, CohortDataset, collate
 from data.noise import apply_noise
+from data.staging import stage_cohort
 from trainables import distributed
 from trainables.backbones import BACKBONES, build_backbone
 from trainables.batching import epoch_batches, shard, shard_weight
 from trainables.checkpoints import HISTORY_FILE, CheckpointStore
 from trainables.config import TrialConfig
+from trainables.devices import loader_options, worker_device
 from trainables.diagnostics import (class_selection_metrics, correction_error_metrics, memorisation_metrics,
                                     same_patient_share, selection_signal_aucs)
 from trainables.methods import METHODS, build_method
@@ -92,9 +97,13 @@ def run_training(loop_config: dict, report: ReportFunction,
     if loop_config.get("threads"):
         torch.set_num_threads(int(loop_config["threads"]))
     rank, world = distributed.rank(), distributed.world_size()
-    device = _device()
+    device = worker_device(use_gpu=bool(loop_config.get("use_gpu")))
+    placement = _placement(device)
 
     data = CohortData(loop_config["cohort_dir"], text_key=config.text_feature_key or None)
+    if loop_config.get("node_local_cache"):   # read a node-local copy, not shared storage, every epoch
+        data = CohortData(stage_cohort(data.directory, loop_config["node_local_cache"], text_keys=[data.text_key]),
+                          text_key=data.text_key)
     train_rows, test_rows = data.rows("train"), data.rows("test")
     clean_train = data.labels[train_rows]
     noise = apply_noise(clean_train, config.noise_model, config.rho_pos, config.rho_neg,
@@ -145,7 +154,7 @@ def run_training(loop_config: dict, report: ReportFunction,
 
     patients = data.patient_id[train_rows]
     for epoch in range(start_epoch, config.epochs + 1):
-        _maybe_fail(loop_config.get("fail_once"), epoch, rank)
+        _maybe_fail(loop_config.get("fail_once"), epoch, rank, placement)
         epoch_start = time.perf_counter()
         seed_everything(config.seed, epoch, rank, config.deterministic)
         method.configure_epoch(epoch, optimizer)
@@ -155,7 +164,7 @@ def run_training(loop_config: dict, report: ReportFunction,
         batches = epoch_batches(num_train, config.batch_size, config.seed, epoch,
                                 sampler=config.sampler, groups=patients, minimum_batch=world)
         local = [shard(b, rank, world) for b in batches]
-        loader = DataLoader(train_set, batch_sampler=local, collate_fn=collate)
+        loader = DataLoader(train_set, batch_sampler=local, collate_fn=collate, **loader_options(device))
         term_sums: dict[str, float] = {}
         for global_batch, batch in zip(batches, loader):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -186,7 +195,7 @@ def run_training(loop_config: dict, report: ReportFunction,
         selection_seconds = time.perf_counter() - selection_start
 
         # 4. diagnostics against clean labels (outside the method), evaluation -------------
-        metrics: dict[str, Any] = {"epoch": epoch}
+        metrics: dict[str, Any] = {"epoch": epoch, **placement}
         metrics.update(_train_terms(term_sums, num_train, device))
         metrics.update(_noise_metrics(noise))
         diagnostics = correction_diagnostics(
@@ -285,13 +294,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------
-def _device() -> torch.device:
+def _placement(device: torch.device) -> dict[str, str]:
+    """Where every rank runs, rank order, comma-joined: Ray node id ("" outside Ray) and device."""
+    node_id = ""
     try:
-        import ray.train.torch
+        import ray
 
-        return ray.train.torch.get_device()
-    except Exception:  # outside a Ray Train worker
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if ray.is_initialized():
+            node_id = ray.get_runtime_context().get_node_id()
+    except ImportError:
+        pass
+    ranks = distributed.all_gather_object((node_id, str(device)))
+    return {"placement/node_ids": ",".join(node for node, _ in ranks),
+            "placement/devices": ",".join(name for _, name in ranks)}
 
 
 @torch.inference_mode()
@@ -303,10 +318,10 @@ def _predict(model, dataset: CohortDataset, position_of: torch.Tensor, rank: int
     model.eval()
     positions = shard(np.arange(len(dataset)), rank, world)
     loader = DataLoader(dataset, batch_sampler=np.array_split(positions, max(1, -(-len(positions) // EVAL_BATCH_SIZE))),
-                        collate_fn=collate)
+                        collate_fn=collate, **loader_options(device))
     indices, outputs = [], []
     for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         outputs.append(torch.sigmoid(model(batch).logits).float())
         indices.append(position_of[batch["index"].cpu()].to(device))
     local_index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
@@ -361,14 +376,23 @@ def _write_artifact(artifact_dir: str | None, epoch: int, artifact: dict | None,
     return str(path)
 
 
-def _maybe_fail(spec: dict | None, epoch: int, rank: int) -> None:
-    """Test hook: the worker of `spec['rank']` exits hard at `spec['epoch']`, once per marker."""
+def _maybe_fail(spec: dict | None, epoch: int, rank: int, placement: dict[str, str]) -> None:
+    """Test hook: the worker of `spec['rank']` exits hard at `spec['epoch']` (action "exit", the
+    default) or waits there forever (action "hold": a test kills its node), once per marker.
+    The marker (JSON) names the rank, epoch and Ray node id of that worker."""
     if not spec or epoch != int(spec["epoch"]) or rank != int(spec.get("rank", 0)):
         return
     marker = Path(spec["marker"])
     if marker.exists():
         return
+    action = spec.get("action", "exit")
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"killed rank {rank} at epoch {epoch}\n")
-    logger.warning("fail_once hook: rank %d exits at epoch %d", rank, epoch)
+    temporary = marker.with_name(f".{marker.name}.{os.getpid()}")
+    temporary.write_text(json.dumps({"rank": rank, "epoch": epoch, "action": action,
+                                     "node_id": placement["placement/node_ids"].split(",")[rank]}))
+    temporary.rename(marker)                 # a reader never sees a half-written marker
+    logger.warning("fail_once hook: rank %d %s at epoch %d", rank, action, epoch)
+    if action == "hold":
+        while True:
+            time.sleep(1)
     os._exit(17)

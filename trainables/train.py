@@ -42,8 +42,21 @@ def quiet_ray_worker_logs() -> None:
         logging.getLogger(name).setLevel(level)
 
 
+def process_group_backend(workers: int, gpus_per_worker: float) -> str:
+    """torch.distributed backend of a K-worker trial.
+
+    nccl when every worker holds at least one whole GPU (so ranks are on distinct GPUs).
+    gloo otherwise: on CPU, and when workers hold GPU *fractions* — Ray then packs two ranks of
+    one trial onto the same physical GPU, which NCCL rejects ("Duplicate GPU detected"); gloo
+    runs those collectives through host memory instead. One worker has no collectives at all.
+    """
+    if workers < 1 or gpus_per_worker < 0:
+        raise ValueError(f"workers = {workers}, gpus_per_worker = {gpus_per_worker}: expected >= 1 and >= 0")
+    return "nccl" if gpus_per_worker >= 1 else "gloo"
+
+
 def scaling_config(workers: int, cpus_per_worker: float, gpus_per_worker: float):
-    """Ray Train ScalingConfig for K DDP workers (gloo on CPU, nccl when GPUs are given)."""
+    """Ray Train ScalingConfig for K DDP workers, each reserving these CPUs and GPU (share)."""
     import ray.train
 
     resources = {"CPU": cpus_per_worker}
@@ -57,7 +70,9 @@ def build_trainer(loop_config: dict, *, workers: int, cpus_per_worker: float = 1
                   gpus_per_worker: float = 0.0, storage_path: str, name: str,
                   max_failures: int = 0, callbacks=None):
     """A TorchTrainer running `train_loop_per_worker`, which checkpoints into (and resumes from)
-    ``loop_config["checkpoint_root"]`` (`trainables.checkpoints`); Ray Train itself gets metrics only."""
+    ``loop_config["checkpoint_root"]`` (`trainables.checkpoints`); Ray Train itself gets metrics only.
+    The workers train on their GPU exactly when they reserve one (``use_gpu`` in the loop config).
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -65,8 +80,8 @@ def build_trainer(loop_config: dict, *, workers: int, cpus_per_worker: float = 1
 
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if gpus_per_worker else "gloo"),
+        train_loop_config={**loop_config, "use_gpu": gpus_per_worker > 0},
+        torch_config=TorchConfig(backend=process_group_backend(workers, gpus_per_worker)),
         scaling_config=scaling_config(workers, cpus_per_worker, gpus_per_worker),
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
