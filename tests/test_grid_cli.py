@@ -37,13 +37,14 @@ def test_list_counts_what_a_dry_run_of_the_same_preset_expands(capsys, tmp_path,
 
 def test_list_counts_follow_the_preset_seeds(capsys):
     quick, paper = _listed_counts(capsys), _listed_counts(capsys, "--preset", "paper")
-    # Fig. 3 grid: 2 noise settings × 6 λ_cons values × seeds (quick 30/40, paper 30/40/100)
-    assert (quick["lambda_cons"], paper["lambda_cons"]) == (2 * 6 * 2, 2 * 6 * 3)
+    # Fig. 3 grid: MIRACL at 2 noise settings × 6 λ_cons values × seeds, plus the FlexCare
+    # baseline at 2 noise settings × seeds (quick and paper: seeds 30/40/100)
+    assert (quick["lambda_cons"], paper["lambda_cons"]) == (2 * 6 * 3 + 2 * 3, 2 * 6 * 3 + 2 * 3)
     assert quick["stability"] == paper["stability"] == 5          # Table 9 pins its own seed
 
 
 def test_dry_run_builds_no_cohort(capsys, tmp_path):
-    assert _dry_run_count(capsys, tmp_path, "lambda_cons") == 24
+    assert _dry_run_count(capsys, tmp_path, "lambda_cons") == 2 * 6 * 3 + 2 * 3
     assert not (tmp_path / "runs").exists(), "a dry run wrote under --storage"
 
 
