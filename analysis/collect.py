@@ -2,12 +2,12 @@
 
 Input is the grid's ``results.parquet`` (one row per trial × epoch, schema in README
 "Results"), or — when that file is absent — the grid's sweep folder itself, read by
-`grid.results.collect_sweep` (the one reader of that layout; files only, no Ray). Next to the
+`miracl_grid.grid.results.collect_sweep` (the one reader of that layout; files only, no Ray). Next to the
 results, ``trials.parquet`` lists every trial the sweep registered, finished or not: the
 expected cells come from it (`expected_cells_from_trials`), not from the rows that exist.
 
 Derived columns (`annotate`): ``noise_setting`` ('Sym. 20%', …) and ``method_label``
-('MIRACL', 'FlexCare', …), see `analysis.labels`.
+('MIRACL', 'FlexCare', …), see `miracl_grid.analysis.labels`.
 
 No torch or ray here: a results file opened on a laptop is enough.
 """
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.labels import method_label, noise_setting_label, noise_setting_sort_key
+from miracl_grid.analysis.labels import method_label, noise_setting_label, noise_setting_sort_key
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ def _read_parquet(path: Path) -> pd.DataFrame:
 
 
 def _read_sweep_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from grid.folder import TRIALS_FOLDER, FolderError
-    from grid.results import collect_sweep
+    from miracl_grid.grid.folder import TRIALS_FOLDER, FolderError
+    from miracl_grid.grid.results import collect_sweep
 
     if not (path / TRIALS_FOLDER).is_dir():
         raise ResultsError(f"'{path}' holds neither {RESULTS_FILENAME} nor a grid sweep folder "
@@ -149,7 +149,7 @@ def _normalise(frame: pd.DataFrame, source: Path) -> pd.DataFrame:
 # Derived labels and selections
 # --------------------------------------------------------------------------------------------
 def annotate(frame: pd.DataFrame) -> pd.DataFrame:
-    """Copy of `frame` with ``noise_setting`` and ``method_label`` columns (analysis.labels)."""
+    """Copy of `frame` with ``noise_setting`` and ``method_label`` columns (miracl_grid.analysis.labels)."""
     frame = frame.copy()
     noise = frame[list(NOISE_COLUMNS)].astype(object).to_numpy()
     frame[NOISE_SETTING] = [noise_setting_label(*values) for values in noise]

@@ -1,8 +1,8 @@
 """What drives a run's result: per-epoch curves, memorisation, selection quality, and a generated
-"what this run shows" paragraph (the diagnostics of `trainables.diagnostics`, METHOD §8).
+"what this run shows" paragraph (the diagnostics of `miracl_grid.trainables.diagnostics`, METHOD §8).
 
-Every function reads results rows (all epochs or `analysis.collect.last_epoch` rows) and returns
-a `analysis.tables.Table` or text; no torch, no ray. Conventions as in `analysis.tables`:
+Every function reads results rows (all epochs or `miracl_grid.analysis.collect.last_epoch` rows) and returns
+a `miracl_grid.analysis.tables.Table` or text; no torch, no ray. Conventions as in `miracl_grid.analysis.tables`:
 mean ± std across seeds with ``np.std`` (ddof 0).
 
 - `run_context`: "synthetic cohort (400 patients, 690 stays) · preset quick · 30 epochs · 3 seeds"
@@ -21,10 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.collect import METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, ensure_annotated, last_epoch, noise_setting_order
-from analysis.labels import method_sort_key
-from analysis.significance import one_sided_t_test
-from analysis.tables import MISSING_TEXT, Table, metric_name
+from miracl_grid.analysis.collect import METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, ensure_annotated, last_epoch, noise_setting_order
+from miracl_grid.analysis.labels import method_sort_key
+from miracl_grid.analysis.significance import one_sided_t_test
+from miracl_grid.analysis.tables import MISSING_TEXT, Table, metric_name
 
 DATA_SOURCE_COLUMN = "provenance/data_source"
 PRESET_COLUMN = "provenance/preset"

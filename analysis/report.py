@@ -1,6 +1,6 @@
-"""``python -m analysis.report RUN_DIR``: every table and figure a run's results allow, in one report.md.
+"""``python -m miracl_grid.analysis.report RUN_DIR``: every table and figure a run's results allow, in one report.md.
 
-Reads ``RUN_DIR/results.parquet`` (or the Tune experiment directory, `analysis.collect`),
+Reads ``RUN_DIR/results.parquet`` (or the Tune experiment directory, `miracl_grid.analysis.collect`),
 decides from the ``sweep`` column which of the paper's outputs apply, and writes
 ``report.md`` with tables (also as Markdown/CSV/LaTeX under ``tables/``) and figures (PNG and
 SVG under ``figures/``):
@@ -38,18 +38,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.artifacts import ArtifactError, load_selection_artifact
-from analysis.collect import (EXPECTED_TRIALS, METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, IncompleteSweepError,
+from miracl_grid.analysis.artifacts import ArtifactError, load_selection_artifact
+from miracl_grid.analysis.collect import (EXPECTED_TRIALS, METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, IncompleteSweepError,
                               ResultsError, annotate, config_columns, design_factors, expected_cells_from_trials,
                               format_cell, last_epoch, load_results, missing_by_sweep, noise_setting_order,
                               varying_and_constant)
-from analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, epoch_panels_plot,
+from miracl_grid.analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, epoch_panels_plot,
                               has_columns, method_epoch_plot, save_figure, selection_components_plot,
                               selection_histogram_plot, sensitivity_plot, set_size_plot)
-from analysis.labels import REFERENCE_METHOD, method_sort_key
-from analysis.mechanism import (CORRECTION_COLUMNS, MEMORISATION_COLUMNS, SET_COLUMNS, auc_columns,
+from miracl_grid.analysis.labels import REFERENCE_METHOD, method_sort_key
+from miracl_grid.analysis.mechanism import (CORRECTION_COLUMNS, MEMORISATION_COLUMNS, SET_COLUMNS, auc_columns,
                                 diagnostics_table, epoch_peak_table, findings, run_context)
-from analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, markdown_code,
+from miracl_grid.analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, markdown_code,
                              markdown_text, metric_name, noise_rate_table, runtime_table, sensitivity_table,
                              significance_report, slug, stability_table)
 
@@ -620,8 +620,8 @@ def write_report(run_dir: str | Path, *, allow_partial: bool = False, metric: st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m analysis.report RUN_DIR [--allow-partial] [--metric M] [--out DIR] [--paired]``."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n")[0])
+    """CLI: ``python -m miracl_grid.analysis.report RUN_DIR [--allow-partial] [--metric M] [--out DIR] [--paired]``."""
+    parser = argparse.ArgumentParser(prog="python -m miracl_grid.analysis.report", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="run directory holding results.parquet (or a Ray Tune experiment dir)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="report a sweep with missing cells (listed and marked) instead of failing")

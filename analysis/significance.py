@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.collect import METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, ensure_annotated, noise_setting_order
-from analysis.labels import REFERENCE_METHOD, method_sort_key
+from miracl_grid.analysis.collect import METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, ensure_annotated, noise_setting_order
+from miracl_grid.analysis.labels import REFERENCE_METHOD, method_sort_key
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,13 @@
 """Paper-style tables from last-epoch results (METHOD §12; paper Tables 2–4, 6–10).
 
-Every builder takes ``finals`` (one row per trial, `analysis.collect.last_epoch` output) and
+Every builder takes ``finals`` (one row per trial, `miracl_grid.analysis.collect.last_epoch` output) and
 returns a `Table`: a wide frame of cell texts, a same-shaped frame of bold flags, and a long
 frame of the numbers behind the cells. `Table.write(directory)` saves Markdown, CSV (the cell
 texts), ``*_values.csv`` (the numbers) and a LaTeX tabular.
 
 Conventions (the paper's): mean (std) across seeds with ``np.std`` (ddof 0); the best mean of
 each column in bold, compared at the displayed precision (ties are all bold); significance
-stars on MIRACL's cell from `analysis.significance` (MIRACL vs the best other method).
+stars on MIRACL's cell from `miracl_grid.analysis.significance` (MIRACL vs the best other method).
 A cell of a partial run with fewer seeds than expected carries '†'; one without any finished
 trial shows '—'.
 """
@@ -24,9 +24,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from analysis.collect import METHOD_LABEL, NOISE_SETTING, ensure_annotated, noise_setting_order
-from analysis.labels import REFERENCE_METHOD, ablation_sort_key, method_sort_key, percent_text
-from analysis.significance import significance_table
+from miracl_grid.analysis.collect import METHOD_LABEL, NOISE_SETTING, ensure_annotated, noise_setting_order
+from miracl_grid.analysis.labels import REFERENCE_METHOD, ablation_sort_key, method_sort_key, percent_text
+from miracl_grid.analysis.significance import significance_table
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Benchmark: MIRACL epoch time / BCE epoch time, and today's epoch against the d2eee07 loop.
 
-Runs the real per-worker loop (`trainables.loop.run_training`, one process, no Ray, ONE
+Runs the real per-worker loop (`miracl_grid.trainables.loop.run_training`, one process, no Ray, ONE
 compute thread) on one materialised cohort with the quick preset's trial settings, three
 trials side by side:
 
@@ -43,13 +43,13 @@ import numpy as np
 import torch
 import torch.nn.functional as functional
 
-from data.dataset import CohortData, CohortDataset, collate
-from data.prepare import prepare_cohort
-from grid.presets import preset_runtime, preset_trial_defaults
+from miracl_grid.data.dataset import CohortData, CohortDataset, collate
+from miracl_grid.data.prepare import prepare_cohort
+from miracl_grid.grid.presets import preset_runtime, preset_trial_defaults
 from original_code import ORIGINAL_COMMIT, import_original
-from trainables.backbones import build_backbone
-from trainables.config import TrialConfig
-from trainables.loop import CHECKPOINT_FILE, run_training
+from miracl_grid.trainables.backbones import build_backbone
+from miracl_grid.trainables.config import TrialConfig
+from miracl_grid.trainables.loop import CHECKPOINT_FILE, run_training
 
 RUNNERS = ("original", "bce", "miracl")
 SPLIT_PARTS = ("train", "selection", "eval")

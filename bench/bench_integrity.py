@@ -2,13 +2,13 @@
 
     PYTHONPATH=. python bench/bench_integrity.py [--cohort DIR] [--repeats 5]
 
-Without ``--cohort`` it prepares the default embedded cohort (``python -m data.prepare --source
+Without ``--cohort`` it prepares the default embedded cohort (``python -m miracl_grid.data.prepare --source
 synthetic`` defaults: 1600 patients, 48 h, MiniLM features at 512 tokens) into
 ``runs/bench_integrity_cohort`` first (minutes; reused on the next run, after a full check).
 
 Measured in one run, median of ``--repeats`` (page cache warm after the first read):
 
-- ``quick``: `data.checksums.verify_files(depth="quick")`, what every trial start (every DDP worker)
+- ``quick``: `miracl_grid.data.checksums.verify_files(depth="quick")`, what every trial start (every DDP worker)
   runs: sizes, whole sha256 of the small files, sampled sha256 of the large arrays;
 - ``full``: ``depth="full"``, what ``prepare`` runs on reuse and ``--verify`` runs: every byte hashed;
 - ``open quick`` / ``open full``: `CohortData(DIR, verify=...)` whole, i.e. the file check plus loading,
@@ -25,9 +25,9 @@ import sys
 import time
 from pathlib import Path
 
-from data.checksums import SAMPLE_BLOCK_BYTES, SAMPLE_BLOCKS, SMALL_FILE_BYTES, verify_files
-from data.dataset import CohortData
-from data.materialise import MANIFEST, check_cohort_arrays, check_derived, derived_fields, load_manifest
+from miracl_grid.data.checksums import SAMPLE_BLOCK_BYTES, SAMPLE_BLOCKS, SMALL_FILE_BYTES, verify_files
+from miracl_grid.data.dataset import CohortData
+from miracl_grid.data.materialise import MANIFEST, check_cohort_arrays, check_derived, derived_fields, load_manifest
 
 
 def median_seconds(action, repeats: int) -> float:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cohort = args.cohort
     if cohort is None:
-        from data.prepare import prepare_cohort
+        from miracl_grid.data.prepare import prepare_cohort
 
         cohort = prepare_cohort("synthetic", Path("runs/bench_integrity_cohort"), progress=False)
     manifest = load_manifest(cohort)

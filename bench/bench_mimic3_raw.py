@@ -1,4 +1,4 @@
-"""Benchmark: raw MIMIC-III -> phenotyping cohort (data.mimic3_raw, DuckDB), at simulated full scale.
+"""Benchmark: raw MIMIC-III -> phenotyping cohort (miracl_grid.data.mimic3_raw, DuckDB), at simulated full scale.
 
 Generates raw tables in the MIMIC-III v1.4 layout with the ROW COUNTS of the full database times
 ``--fraction`` (full: 46,520 patients, 58,976 admissions, 61,532 ICU stays, 651,047 diagnoses,
@@ -11,8 +11,8 @@ with two ICU stays, neonates (8 %) and > 89-year-olds exist so every stay rule h
 Event tables are gzip-compressed as PhysioNet ships them (``--compress none`` for plain CSV).
 
 Then, in a fresh child process (so peak RSS is the reader's own), it times
-`data.mimic3_raw.read_mimic3_raw` stage by stage and the discretisation that
-`data.prepare` runs next, printing seconds per stage and the peak RSS after each, and the
+`miracl_grid.data.mimic3_raw.read_mimic3_raw` stage by stage and the discretisation that
+`miracl_grid.data.prepare` runs next, printing seconds per stage and the peak RSS after each, and the
 linear extrapolation to full scale (every stage is a scan, a hash join or a hash aggregate:
 O(rows)). For the benchmark side it times the per-row work its step 1 does on CHARTEVENTS
 (`baseline_rows_per_second`: csv.DictReader dict, subject test, per-subject csv.DictWriter
@@ -171,8 +171,8 @@ def _peak_rss_gib() -> float:
 def measure(root: str, threads: int, memory_limit: str) -> dict:
     """Child process: time read_mimic3_raw's stages and the discretisation; peak RSS after each."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from data.discretise import discretise
-    from data.mimic3_raw import read_mimic3_raw
+    from miracl_grid.data.discretise import discretise
+    from miracl_grid.data.mimic3_raw import read_mimic3_raw
 
     started, cpu = time.perf_counter(), time.process_time()
     cohort = read_mimic3_raw(root, threads=threads, memory_limit=memory_limit)

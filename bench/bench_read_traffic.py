@@ -20,7 +20,7 @@ import argparse
 
 import numpy as np
 
-from data.dataset import CohortData, CohortDataset
+from miracl_grid.data.dataset import CohortData, CohortDataset
 
 MIMIC4_STAYS, CHANNELS, GIB = 59_798, 76, 2 ** 30
 

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 
-from trainables.correction import cooccurrence_matrix, correct_labels
-from trainables.gmm import fit_group_mixtures
-from trainables.selection import selection_metric
-from trainables.statistics import PairStatistics
+from miracl_grid.trainables.correction import cooccurrence_matrix, correct_labels
+from miracl_grid.trainables.gmm import fit_group_mixtures
+from miracl_grid.trainables.selection import selection_metric
+from miracl_grid.trainables.statistics import PairStatistics
 
 
 # --- synthetic epoch statistics --------------------------------------------------------------

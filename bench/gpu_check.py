@@ -67,7 +67,7 @@ def main() -> int:
         print(f"gpu_check: no CUDA device here (torch {torch.__version__}); run it on a GPU machine", file=sys.stderr)
         return 2
     storage = Path(args.storage or tempfile.mkdtemp(prefix="gpu_check"))
-    from data.prepare import prepare_cohort
+    from miracl_grid.data.prepare import prepare_cohort
 
     cohort = prepare_cohort("synthetic", storage / "cohort", patients=args.patients, hours=24, max_tokens=64,
                             max_bins=48, progress=False)

@@ -30,14 +30,14 @@ import torch
 import torch.nn.functional as functional
 from torch.utils.data import DataLoader
 
-from data.dataset import CohortData, CohortDataset, collate
-from data.prepare import prepare_cohort
-from grid.presets import preset_runtime, preset_trial_defaults
+from miracl_grid.data.dataset import CohortData, CohortDataset, collate
+from miracl_grid.data.prepare import prepare_cohort
+from miracl_grid.grid.presets import preset_runtime, preset_trial_defaults
 from original_code import ORIGINAL_COMMIT, import_original
-from trainables.backbones import build_backbone
-from trainables.backbones.encoders import bidirectional_lstm
-from trainables.backbones.flexcare import FusionLayout, block_attention
-from trainables.config import TrialConfig
+from miracl_grid.trainables.backbones import build_backbone
+from miracl_grid.trainables.backbones.encoders import bidirectional_lstm
+from miracl_grid.trainables.backbones.flexcare import FusionLayout, block_attention
+from miracl_grid.trainables.config import TrialConfig
 
 PARTS = ("step", "data", "LSTM", "fusion", "eval")
 

@@ -104,8 +104,8 @@ def main() -> int:
 
     import ray
 
-    from data.prepare import prepare_cohort
-    from grid.run import RAY_WORKER_ENVIRONMENT
+    from miracl_grid.data.prepare import prepare_cohort
+    from miracl_grid.grid.run import RAY_WORKER_ENVIRONMENT
 
     cohort = work / "cohort"
     if not (cohort / "manifest.json").is_file():

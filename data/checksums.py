@@ -1,5 +1,5 @@
-"""Per-file content records of a materialised cohort directory: written by `data.materialise`, checked
-by `data.dataset.CohortData` at every trial start and by ``python -m data.prepare --verify DIR``.
+"""Per-file content records of a materialised cohort directory: written by `miracl_grid.data.materialise`, checked
+by `miracl_grid.data.dataset.CohortData` at every trial start and by ``python -m miracl_grid.data.prepare --verify DIR``.
 
 A record of one file (JSON-safe, stored in ``manifest.json`` under ``files``, keyed by the path
 relative to the cohort directory)::
@@ -13,7 +13,7 @@ Two depths of checking:
   ``SMALL_FILE_BYTES`` (manifest-sized tables, labels, offsets, label embeddings, meta.json); the
   sampled sha256 of larger files (series values, token features: first, last and evenly spaced
   blocks, SAMPLE_BLOCKS × SAMPLE_BLOCK_BYTES read);
-- ``full`` (on reuse by `data.materialise` and with ``--verify``): the whole sha256 of every file.
+- ``full`` (on reuse by `miracl_grid.data.materialise` and with ``--verify``): the whole sha256 of every file.
 
 A mismatch is a `CohortError` naming the file, what differs and how to repair it.
 """
@@ -25,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import CohortError
+from miracl_grid.data.errors import CohortError
 
 SMALL_FILE_BYTES = 8 * 2**20
 SAMPLE_BLOCKS = 64
 SAMPLE_BLOCK_BYTES = 64 * 2**10
 VERIFY_DEPTHS = ("quick", "full")
 _READ_BYTES = 4 * 2**20
-REPAIR_HINT = "re-run `python -m data.prepare` with the same options to rewrite the cohort"
+REPAIR_HINT = "re-run `python -m miracl_grid.data.prepare` with the same options to rewrite the cohort"
 
 
 def _sha256_whole(path: Path) -> str:

@@ -1,16 +1,16 @@
-"""The in-memory cohort: what a reader returns and what `data.materialise` consumes (METHOD §1).
+"""The in-memory cohort: what a reader returns and what `miracl_grid.data.materialise` consumes (METHOD §1).
 
 One instance = one ICU stay. A `Cohort` holds, in stay row order 0..N-1:
 
 - ``stays``: DataFrame with ``stay`` (str, unique), ``patient_id`` (int64),
-  ``split`` ("train" | "test" | None until `data.split.assign_split`), ``period_length``
+  ``split`` ("train" | "test" | None until `miracl_grid.data.split.assign_split`), ``period_length``
   (float64 hours, NaN = unknown) and, optionally, ``series_file`` (str path or None when the
   stay has no series file; added as None when absent);
 - ``labels``: uint8 N×L clean labels, columns named by ``label_names``;
 - ``events``: ONE long DataFrame holding every time-series row of every stay: ``row`` (int64
   stay row index), optionally ``line`` (int64 line number in the series file, header =
   line 1; the readers add it for error messages), ``Hours`` (float64) and the 17 variable
-  columns of `data.schema.VARIABLE_NAMES` as the strings read from the file (NaN = missing);
+  columns of `miracl_grid.data.schema.VARIABLE_NAMES` as the strings read from the file (NaN = missing);
 - ``notes``: object array of N str ("" = no note);
 - ``source``: JSON-safe description of where it came from (paths, counts of values read as 0,
   unknown categories, ...), copied into the manifest;
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from data.schema import VARIABLE_NAMES
+from miracl_grid.data.schema import VARIABLE_NAMES
 
 STAY_COLUMNS: tuple[str, ...] = ("stay", "patient_id", "split", "period_length")
 EVENT_COLUMNS: tuple[str, ...] = ("row", "Hours") + VARIABLE_NAMES

@@ -5,9 +5,9 @@
 opened lazily and dropped on pickling, so DataLoader workers (fork or spawn) reopen the same
 files instead of receiving a copy of the arrays.
 
-Before it trusts a directory it checks it (`data.materialise` writes what is checked):
+Before it trusts a directory it checks it (`miracl_grid.data.materialise` writes what is checked):
 the manifest's own digest, every recorded file against its record (``verify="quick"`` at every
-trial start, ``"full"`` for ``python -m data.prepare --verify``; `data.checksums`), the
+trial start, ``"full"`` for ``python -m miracl_grid.data.prepare --verify``; `miracl_grid.data.checksums`), the
 structure and patient-wise split of the stays table, and every derived manifest field
 (``l_avg_train``, counts, ...) against its value recomputed from the arrays. Any mismatch or
 unreadable (e.g. truncated) file is a `CohortError` naming the file.
@@ -32,9 +32,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from data.checksums import REPAIR_HINT, verify_files
-from data.errors import CohortError
-from data.materialise import (LABELS, MANIFEST, SERIES_OFFSETS, SERIES_VALUES, STAYS, TEXT_FOLDER,
+from miracl_grid.data.checksums import REPAIR_HINT, verify_files
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.materialise import (LABELS, MANIFEST, SERIES_OFFSETS, SERIES_VALUES, STAYS, TEXT_FOLDER,
                               check_cohort_arrays, check_derived, derived_fields, load_manifest)
 
 TOKEN_FEATURES = "token_features.npy"
@@ -44,7 +44,7 @@ LABEL_EMBEDDINGS = "label_embeddings.npy"
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise CohortError(f"{path}: not found; the cohort directory is incomplete (re-run `python -m data.prepare`)")
+        raise CohortError(f"{path}: not found; the cohort directory is incomplete (re-run `python -m miracl_grid.data.prepare`)")
     return path
 
 
@@ -168,7 +168,7 @@ class CohortData:
                     f"{features.directory / 'meta.json'}: field '{name}': text features {features.key!r} were "
                     f"computed with {name} {found!r}{found_encoder}, but {self.directory / 'manifest.json'} "
                     f"records {name} {expected!r}{expected_encoder} for this key; expected matching features "
-                    "(re-run `python -m data.prepare` with that encoder)")
+                    "(re-run `python -m miracl_grid.data.prepare` with that encoder)")
 
     @property
     def note_dim(self) -> int:

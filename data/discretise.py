@@ -11,7 +11,7 @@ imputation "previous"):
   series rows. Events after the end (t > period_length + 1e-6) are skipped and counted;
 - within a bin, per variable, the last non-missing value wins (row order after a stable sort on
   Hours); overwritten values are counted;
-- categoricals are one-hot in the order of `data.schema` categories; continuous variables are one
+- categoricals are one-hot in the order of `miracl_grid.data.schema` categories; continuous variables are one
   column each (59 value columns), then 17 masks (1 where the variable was observed in the bin);
 - imputation "previous": a bin without an observation carries the stay's previous observed value
   forward; before the first observation the variable's normal value is used (one-hot for
@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
-from data.errors import CohortError
-from data.numbers import parse_numbers
-from data.schema import VARIABLES, channel_names
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.numbers import parse_numbers
+from miracl_grid.data.schema import VARIABLES, channel_names
 
 EPSILON = 1e-6
 NUM_VALUE_CHANNELS = sum(v.width for v in VARIABLES)  # 59
@@ -105,7 +105,7 @@ def _parse_variable(column: pd.Series, variable) -> np.ndarray:
         values, bad = parse_numbers(column)
         if bad.any():
             value = column.to_numpy(dtype=object)[np.flatnonzero(bad)[0]]
-            raise CohortError(f"column '{variable.name}': value {value!r} is not a number of data.numbers' "
+            raise CohortError(f"column '{variable.name}': value {value!r} is not a number of miracl_grid.data.numbers' "
                               "grammar (the reader should have rejected it)")
         return values
     codes = pd.Categorical(column, categories=list(variable.categories)).codes.astype(np.int64)

@@ -9,6 +9,6 @@ from __future__ import annotations
 class CohortError(ValueError):
     """Bad cohort input (listfile, series file, notes table, materialised directory).
 
-    The CLI (`python -m data.prepare`) turns it into exit code 2 with this message and no
+    The CLI (`python -m miracl_grid.data.prepare`) turns it into exit code 2 with this message and no
     traceback.
     """

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from data.errors import CohortError
+from miracl_grid.data.errors import CohortError
 
 logger = logging.getLogger(__name__)
 

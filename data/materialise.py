@@ -2,14 +2,14 @@
 
 ``materialise(cohort, out_dir)`` discretises and z-scores the series (METHOD §9, train-only
 statistics), writes ``stays.parquet``, ``labels.npy``, ``series_values.npy``,
-``series_offsets.npy``, calls `data.text_features.ensure_text_features` for the notes
+``series_offsets.npy``, calls `miracl_grid.data.text_features.ensure_text_features` for the notes
 (``text/KEY/...``) and finally writes ``manifest.json`` (last, atomically: a directory without
 a manifest is an incomplete one). The whole write holds the directory's writer lock
-(`data.locking.exclusive_writer`): a second writer is refused, not interleaved.
+(`miracl_grid.data.locking.exclusive_writer`): a second writer is refused, not interleaved.
 
-Integrity (checked by `data.dataset.CohortData` at every trial start): the manifest records
+Integrity (checked by `miracl_grid.data.dataset.CohortData` at every trial start): the manifest records
 ``files`` -- size and sha256 of every file it describes, the text features included
-(`data.checksums`) -- and ``manifest_sha256``, the sha256 of its own canonical JSON without
+(`miracl_grid.data.checksums`) -- and ``manifest_sha256``, the sha256 of its own canonical JSON without
 that field (`manifest_digest`), so that an edited manifest is detected. The fields that are
 functions of the arrays (`derived_fields`: counts, split sizes, ``l_avg_train``, label counts,
 missingness counts, total bins) are recomputed at load and compared, and the stays table is
@@ -54,14 +54,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.checksums import REPAIR_HINT, file_record, verify_files
-from data.cohort import SPLITS, Cohort
-from data.discretise import (CONTINUOUS_CHANNELS, DEFAULT_MAX_BINS, NUM_CHANNELS, apply_normaliser,
+from miracl_grid.data.checksums import REPAIR_HINT, file_record, verify_files
+from miracl_grid.data.cohort import SPLITS, Cohort
+from miracl_grid.data.discretise import (CONTINUOUS_CHANNELS, DEFAULT_MAX_BINS, NUM_CHANNELS, apply_normaliser,
                              discretise, fit_normaliser)
-from data.errors import CohortError
-from data.locking import exclusive_writer
-from data.schema import VARIABLE_NAMES, channel_names
-from data.split import assert_no_patient_crosses
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.locking import exclusive_writer
+from miracl_grid.data.schema import VARIABLE_NAMES, channel_names
+from miracl_grid.data.split import assert_no_patient_crosses
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def load_manifest(directory: str | os.PathLike) -> dict:
     """manifest.json of a materialised cohort directory -> dict (CohortError if absent or foreign)."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise CohortError(f"{path}: not found; expected a cohort directory written by `python -m data.prepare`")
+        raise CohortError(f"{path}: not found; expected a cohort directory written by `python -m miracl_grid.data.prepare`")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as error:
@@ -94,7 +94,7 @@ def load_manifest(directory: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         found = manifest.get("format_version") if isinstance(manifest, dict) else manifest
         raise CohortError(f"{path}: field 'format_version': expected {FORMAT_VERSION}, found {found!r}; "
-                          "re-run `python -m data.prepare` to write this cohort in the current format")
+                          "re-run `python -m miracl_grid.data.prepare` to write this cohort in the current format")
     recorded = manifest.get(MANIFEST_DIGEST)
     if recorded != manifest_digest(manifest):
         raise CohortError(f"{path}: content changed since it was written (field '{MANIFEST_DIGEST}' "
@@ -291,7 +291,7 @@ def _validate(cohort: Cohort) -> None:
     if unassigned.any():
         row = int(np.flatnonzero(unassigned)[0])
         raise CohortError(f"stay {cohort.stays['stay'].iat[row]!r}: split {split.iat[row]!r}; expected "
-                          "'train' or 'test' (call data.split.assign_split before materialise)")
+                          "'train' or 'test' (call miracl_grid.data.split.assign_split before materialise)")
     assert_no_patient_crosses(cohort.stays)
     if not (split == "train").any():
         raise CohortError("cohort has no train stays; expected a train split for the normaliser and L_avg")
@@ -299,8 +299,8 @@ def _validate(cohort: Cohort) -> None:
 
 def _ensure_text_features(out_dir: Path, notes: list[str], *, label_names, encoder, max_tokens: int,
                           batch_size: int, progress: bool, note_encoder=None):
-    """Lazy import of data.text_features (heavy: transformers) and the call; returns its TextFeatureInfo."""
-    from data import text_features
+    """Lazy import of miracl_grid.data.text_features (heavy: transformers) and the call; returns its TextFeatureInfo."""
+    from miracl_grid.data import text_features
     kwargs = dict(label_names=list(label_names), max_tokens=max_tokens, batch_size=batch_size, progress=progress)
     if note_encoder is not None:
         kwargs["note_encoder"] = note_encoder
@@ -405,7 +405,7 @@ def materialise(cohort: Cohort, out_dir: str | os.PathLike, *, max_bins: int = D
     """Cohort (N stays, split assigned) -> materialised directory ``out_dir`` (returned).
 
     Holds ``out_dir``'s writer lock throughout (CohortError when another process writes it).
-    note_encoder: where the note features are computed (`data.text_features.NoteEncoder`;
+    note_encoder: where the note features are computed (`miracl_grid.data.text_features.NoteEncoder`;
     default: in this process)."""
     out_dir = Path(out_dir)
     _validate(cohort)
@@ -488,7 +488,7 @@ def _materialise(cohort: Cohort, out_dir: Path, *, max_bins: int, encoder: str |
     derived = derived_fields(stays, labels, cohort.label_names, offsets)
     if derived["labels_without_train_positive"]:
         # reported, not an error: such a label gets no supervision, and mAP skips it wherever its test
-        # split has no positive (trainables.metrics counts those)
+        # split has no positive (miracl_grid.trainables.metrics counts those)
         logger.warning("%d label(s) without a positive in the train split: %s",
                        len(derived["labels_without_train_positive"]), derived["labels_without_train_positive"])
     manifest = _merge({

@@ -1,11 +1,11 @@
-"""FlexCare/MIRACL MIMIC-IV multimodal listfiles -> `data.cohort.Cohort` (METHOD §1, §10).
+"""FlexCare/MIRACL MIMIC-IV multimodal listfiles -> `miracl_grid.data.cohort.Cohort` (METHOD §1, §10).
 
 `read_mimic4_multimodal(source, timeseries_dir)` reads a task folder with the split the pipeline
 wrote (`MIMIC4_SPLIT_FILES`; kept, validation -> train) or one listfile (no split:
-`data.split.assign_split` assigns one by patient), of phenotyping (25 labels) or diagnosis (14
+`miracl_grid.data.split.assign_split` assigns one by patient), of phenotyping (25 labels) or diagnosis (14
 CheXpert labels; -1 "uncertain" and -2 "not mentioned" read as 0 and counted). Series files are
 confined to their folder (`confined_paths`); everything else (cell grammar, series checks, the
-error/count policy) is `data.readers`'.
+error/count policy) is `miracl_grid.data.readers`'.
 """
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from data.cohort import Cohort
-from data.errors import CohortError
-from data.readers import (assemble_cohort, check_unique_stays, parse_id_column, parse_label_columns,
+from miracl_grid.data.cohort import Cohort
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.readers import (assemble_cohort, check_unique_stays, parse_id_column, parse_label_columns,
                           parse_period_length, read_listfile, require_columns, unknown_column_error)
-from data.schema import DIAGNOSIS_LABELS, PHENOTYPE_LABELS
-from data.split import assert_no_patient_crosses
+from miracl_grid.data.schema import DIAGNOSIS_LABELS, PHENOTYPE_LABELS
+from miracl_grid.data.split import assert_no_patient_crosses
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def read_mimic4_multimodal(source: str | os.PathLike, timeseries_dir: str | os.P
     with the split the pipeline wrote (`MIMIC4_SPLIT_FILES`), kept as it is: train (+ val) ->
     "train", test -> "test" — validation stays train, as in MIRACL, which trains on train+val and
     uses no validation set (paper A.5: no early stopping). A single listfile has no split
-    (`data.split.assign_split` then draws one by patient). ``timeseries_dir`` defaults to
+    (`miracl_grid.data.split.assign_split` then draws one by patient). ``timeseries_dir`` defaults to
     ``<task folder>/../ehr`` (FlexCare's ``data/ehr``), or the listfile's folder for one listfile.
 
     Columns: ``subject_id``, ``stay_id`` (phenotyping) or ``study_id`` (diagnosis: one CXR study),

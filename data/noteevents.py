@@ -18,7 +18,7 @@ memory) and selects, orders and joins each stay's notes by `NoteRule`:
    None = all) are kept;
 5. text: de-identification placeholders ``[** … **]`` removed, runs of whitespace collapsed to one
    space, the notes joined by a blank line; the text encoder keeps the first 512 tokens
-   (`data.text_features`, ``--max-tokens``);
+   (`miracl_grid.data.text_features`, ``--max-tokens``);
 6. a stay without a selected note gets "" — a missing modality, counted, not an error.
 
 Differences from MIRACL's code, on purpose: its window is not capped at ``OUTTIME`` and it keeps
@@ -44,8 +44,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data.errors import CohortError
-from data.numbers import parse_integers, parse_numbers
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.numbers import parse_integers, parse_numbers
 
 logger = logging.getLogger(__name__)
 

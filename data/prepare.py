@@ -1,29 +1,29 @@
 """Command line and library entry: source -> materialised cohort directory (ARCHITECTURE §2, step 1).
 
-    python -m data.prepare --source synthetic --out DIR            # embedded default cohort
-    python -m data.prepare --source mimic3:PATH --out DIR [--notes notes.parquet]
-    python -m data.prepare --source mimic3:PATH --out DIR --noteevents NOTEEVENTS.csv.gz --icustays ICUSTAYS.csv.gz
-    python -m data.prepare --source mimic4:TASKDIR[,TSDIR] --out DIR          # FlexCare/MIRACL split kept
-    python -m data.prepare --source mimic4:LISTFILE[,TSDIR] --out DIR [--split-seed S]
-    python -m data.prepare --source mimic3-raw:MIMIC_III_DIR --out DIR [--noteevents MIMIC_III_DIR/NOTEEVENTS.csv.gz]
-    python -m data.prepare --verify DIR                            # full check of a cohort directory
+    python -m miracl_grid.data.prepare --source synthetic --out DIR            # embedded default cohort
+    python -m miracl_grid.data.prepare --source mimic3:PATH --out DIR [--notes notes.parquet]
+    python -m miracl_grid.data.prepare --source mimic3:PATH --out DIR --noteevents NOTEEVENTS.csv.gz --icustays ICUSTAYS.csv.gz
+    python -m miracl_grid.data.prepare --source mimic4:TASKDIR[,TSDIR] --out DIR          # FlexCare/MIRACL split kept
+    python -m miracl_grid.data.prepare --source mimic4:LISTFILE[,TSDIR] --out DIR [--split-seed S]
+    python -m miracl_grid.data.prepare --source mimic3-raw:MIMIC_III_DIR --out DIR [--noteevents MIMIC_III_DIR/NOTEEVENTS.csv.gz]
+    python -m miracl_grid.data.prepare --verify DIR                            # full check of a cohort directory
 
 ``synthetic`` first writes the generated cohort in the mimic3-benchmarks phenotyping layout
-into ``DIR/source/`` (`data.synthetic.generate_synthetic_cohort`) and then reads it with
-`data.readers.read_mimic3_phenotyping`, the very reader a MIMIC-III user runs. Sources without
-a split (one MIMIC-IV listfile) get a patient-wise 8:2 split (`data.split.assign_split`, ``--split-seed``).
-Then `data.materialise.materialise` discretises, z-scores, hashes, writes and encodes the notes
+into ``DIR/source/`` (`miracl_grid.data.synthetic.generate_synthetic_cohort`) and then reads it with
+`miracl_grid.data.readers.read_mimic3_phenotyping`, the very reader a MIMIC-III user runs. Sources without
+a split (one MIMIC-IV listfile) get a patient-wise 8:2 split (`miracl_grid.data.split.assign_split`, ``--split-seed``).
+Then `miracl_grid.data.materialise.materialise` discretises, z-scores, hashes, writes and encodes the notes
 (reusing an identical cohort and existing text features after a full check of their files).
-The whole preparation holds ``DIR``'s writer lock (`data.locking`): a second ``prepare`` into the
+The whole preparation holds ``DIR``'s writer lock (`miracl_grid.data.locking`): a second ``prepare`` into the
 same directory is refused while the first runs.
 
 ``--verify DIR`` checks an existing cohort directory without writing: the manifest's digest, the
 whole sha256 of every recorded file, the derived manifest fields and the patient-wise split
-(`data.dataset.CohortData` with ``verify="full"``), and every text feature set it lists.
+(`miracl_grid.data.dataset.CohortData` with ``verify="full"``), and every text feature set it lists.
 
 The CLI logs progress, one ``stage NAME: S s`` line per stage, whether the text features were
 reused, and prints the output directory last. Bad input exits with code 2 and the
-`data.errors.CohortError` message (no traceback).
+`miracl_grid.data.errors.CohortError` message (no traceback).
 """
 from __future__ import annotations
 
@@ -37,17 +37,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from data.cohort import Cohort
-from data.errors import CohortError
-from data.locking import exclusive_writer
-from data.materialise import load_manifest, materialise
-from data.noteevents import DEFAULT_NOTE_RULE, NoteRule
-from data.numbers import parse_numbers
-from data.mimic4 import DUPLICATE_STAY_POLICIES, read_mimic4_multimodal
-from data.readers import UNKNOWN_CATEGORY_POLICIES, read_mimic3_phenotyping
-from data.split import assign_split
+from miracl_grid.data.cohort import Cohort
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.locking import exclusive_writer
+from miracl_grid.data.materialise import load_manifest, materialise
+from miracl_grid.data.noteevents import DEFAULT_NOTE_RULE, NoteRule
+from miracl_grid.data.numbers import parse_numbers
+from miracl_grid.data.mimic4 import DUPLICATE_STAY_POLICIES, read_mimic4_multimodal
+from miracl_grid.data.readers import UNKNOWN_CATEGORY_POLICIES, read_mimic3_phenotyping
+from miracl_grid.data.split import assign_split
 
-logger = logging.getLogger("data.prepare")
+logger = logging.getLogger("miracl_grid.data.prepare")
 
 SOURCE_FORMS = "synthetic | mimic3:PATH | mimic4:TASKDIR|LISTFILE[,TSDIR] | mimic3-raw:MIMIC_III_DIR"
 STAGES = ("generate", "read", "discretise", "write", "text", "checksums")
@@ -112,7 +112,7 @@ def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = Non
         raise CohortError("--duplicate-stays applies to mimic4 sources only")
     generate_seconds = None
     if kind == "synthetic":
-        from data.synthetic import generate_synthetic_cohort
+        from miracl_grid.data.synthetic import generate_synthetic_cohort
         started = time.perf_counter()
         summary = generate_synthetic_cohort(out / "source", num_patients=patients, max_hours=hours, seed=seed,
                                             test_fraction=test_fraction)
@@ -126,8 +126,8 @@ def read_source(source: str, out: Path, *, notes: str | os.PathLike | None = Non
     elif kind == "mimic3":
         cohort = read_mimic3_phenotyping(arguments[0], notes, noteevents=noteevents, icustays=icustays,
                                          note_rule=note_rule, **options)
-    elif kind == "mimic3-raw":  # raw MIMIC-III CSV tables, the benchmark's rules and split (data.mimic3_raw)
-        from data.mimic3_raw import read_mimic3_raw
+    elif kind == "mimic3-raw":  # raw MIMIC-III CSV tables, the benchmark's rules and split (miracl_grid.data.mimic3_raw)
+        from miracl_grid.data.mimic3_raw import read_mimic3_raw
         cohort = read_mimic3_raw(arguments[0], notes, noteevents=noteevents, note_rule=note_rule, **options)
     else:
         if notes is not None:
@@ -149,7 +149,7 @@ def prepare_cohort(source: str, out: str | os.PathLike, *, notes: str | os.PathL
                    split_seed: int = 0, text_batch_size: int = 64, unknown_categories: str = "error",
                    drop_bad_stays: bool = False, progress: bool = True, note_encoder=None) -> Path:
     """Read ``source``, assign a split, materialise into ``out``; returns the cohort directory.
-    note_encoder: see `data.materialise.materialise`."""
+    note_encoder: see `miracl_grid.data.materialise.materialise`."""
     out = Path(out)
     with exclusive_writer(out):   # also covers the synthetic source files written into out/source
         cohort = read_source(source, out, notes=notes, noteevents=noteevents, icustays=icustays,
@@ -165,7 +165,7 @@ def prepare_cohort(source: str, out: str | os.PathLike, *, notes: str | os.PathL
 
 def verify_cohort(directory: str | os.PathLike):
     """Full check of a cohort directory (module docstring); returns its `CohortData`, CohortError if bad."""
-    from data.dataset import CohortData
+    from miracl_grid.data.dataset import CohortData
 
     data = CohortData(directory, verify="full")
     for key in data.text_keys:
@@ -177,14 +177,14 @@ def _input_errors() -> tuple[type[Exception], ...]:
     """Exceptions that mean bad input (exit 2): CohortError and the text encoder's TextFeatureError."""
     errors: tuple[type[Exception], ...] = (CohortError,)
     try:
-        from data.text_features import TextFeatureError
+        from miracl_grid.data.text_features import TextFeatureError
     except ImportError:  # pragma: no cover - text_features is part of the package
         return errors
     return errors + (TextFeatureError,)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m miracl_grid.data.prepare", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", default="synthetic", help=f"{SOURCE_FORMS} (default synthetic)")
     target = parser.add_mutually_exclusive_group(required=True)
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(every file's sha256, derived fields, split) and write nothing")
     parser.add_argument("--notes", default=None, help="notes table (CSV or parquet, columns stay,text)")
     parser.add_argument("--noteevents", default=None, help="mimic3, mimic3-raw: the MIMIC-III NOTEEVENTS table "
-                        "(csv or csv.gz); each stay's notes are selected by data.noteevents' rule")
+                        "(csv or csv.gz); each stay's notes are selected by miracl_grid.data.noteevents' rule")
     parser.add_argument("--icustays", default=None, help="mimic3 with --noteevents: the MIMIC-III ICUSTAYS table "
                         "(stay times)")
     parser.add_argument("--note-window-hours", default=None, help="--noteevents: hours after INTIME whose notes "
@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mimic4: a stay on several rows (several notes of its admission): join-notes "
                         "(default; distinct notes in listfile order) or last (the last row's note, as MIRACL's loader)")
     parser.add_argument("--encoder", default=None, help="text encoder: Hugging Face id or path "
-                        "(default: data.text_features.DEFAULT_ENCODER)")
+                        "(default: miracl_grid.data.text_features.DEFAULT_ENCODER)")
     parser.add_argument("--max-tokens", type=int, default=512, help="tokens kept per note (default 512)")
     parser.add_argument("--max-bins", type=int, default=512, help="last hourly bins kept per stay (default 512)")
     parser.add_argument("--text-batch-size", type=int, default=64, help="notes per encoder batch (default 64)")

@@ -1,4 +1,4 @@
-"""MIMIC-III extracts -> an in-memory `data.cohort.Cohort`, and the pieces every reader shares (METHOD §1, §9, §10).
+"""MIMIC-III extracts -> an in-memory `miracl_grid.data.cohort.Cohort`, and the pieces every reader shares (METHOD §1, §9, §10).
 
 `read_mimic3_phenotyping(root)` reads a MIMIC-III phenotyping extract (`MIMIC3_LAYOUTS`)::
 
@@ -11,15 +11,15 @@
 keeping the source's train/test split; the patient id is the ``<subject>`` of the stay file name.
 
 The shared pieces (listfile reading and cell checks, series files, `assemble_cohort`) serve the
-MIMIC-IV reader of `data.mimic4` as well.
+MIMIC-IV reader of `miracl_grid.data.mimic4` as well.
 
-Every numeric cell goes through the one grammar of `data.numbers`.
+Every numeric cell goes through the one grammar of `miracl_grid.data.numbers`.
 
 Series files are read one by one with pandas (``dtype=str``; only an EMPTY cell is missing —
 pandas' default NA strings are switched off because "None" is a GCS eye-opening category);
 all per-cell checks run vectorised over the concatenated events of all stays.
 
-What is an error and what is counted (every error is a `data.errors.CohortError` naming the
+What is an error and what is counted (every error is a `miracl_grid.data.errors.CohortError` naming the
 file, the line and/or column, and what was expected):
 
 ========================================================  ==========================================
@@ -39,7 +39,7 @@ notes table: missing stay/text column, duplicate stay     error; notes of unknow
 listfile stay whose series file does not exist            stay error [1]
 series file with a wrong header (expected vs found)       stay error [1]
 Hours empty, non-numeric, negative or not ascending       stay error [1] (equal times are allowed)
-continuous cell outside data.numbers' grammar, overflow  stay error [1] (a cell is a number or empty)
+continuous cell outside miracl_grid.data.numbers' grammar, overflow  stay error [1] (a cell is a number or empty)
 categorical cell not in the schema's value list           stay error [1], or with
                                                           ``unknown_categories="missing"`` read as
                                                           missing and counted per variable
@@ -68,12 +68,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data.cohort import Cohort, SPLITS, empty_events
-from data.errors import CohortError
-from data.noteevents import DEFAULT_NOTE_RULE, NoteRule, stay_notes_from_noteevents, stay_times
-from data.numbers import parse_integers, parse_numbers
-from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLES
-from data.split import assert_no_patient_crosses
+from miracl_grid.data.cohort import Cohort, SPLITS, empty_events
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.noteevents import DEFAULT_NOTE_RULE, NoteRule, stay_notes_from_noteevents, stay_times
+from miracl_grid.data.numbers import parse_integers, parse_numbers
+from miracl_grid.data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLES
+from miracl_grid.data.split import assert_no_patient_crosses
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def require_columns(table: pd.DataFrame, columns: Iterable[str], path: Path) -> 
 
 def parse_label_columns(table: pd.DataFrame, columns: Sequence[str], path: Path,
                   allowed: tuple[int, ...], *, origin_line: np.ndarray | None = None) -> np.ndarray:
-    """Label columns -> float64 N×L with values in ``allowed`` (`data.numbers` grammar; '1.0' is 1);
+    """Label columns -> float64 N×L with values in ``allowed`` (`miracl_grid.data.numbers` grammar; '1.0' is 1);
     the error names the line and column."""
     raw = table[list(columns)]
     numeric = np.empty(raw.shape, dtype=np.float64)
@@ -528,10 +528,10 @@ def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLi
     (``patient_id,stay_id,stay,period_length,notes,<25>``, written by its ``mimic3note.merge_note``)
     or ``ROOT/{train,test}_listfile.csv`` (same without ``notes``, its ``create_new_phenotyping``);
     series files ``ROOT/{train,test}/<stay>`` in all three. The label columns must be the 25
-    phenotypes of `data.schema` (any order; read into schema order); any other column is an error.
+    phenotypes of `miracl_grid.data.schema` (any order; read into schema order); any other column is an error.
 
     Notes, one source at most: ``notes_path`` (a stay,text table), or ``noteevents`` (NOTEEVENTS,
-    selected per stay by `data.noteevents` with ``note_rule``, stay times from ``icustays``), or
+    selected per stay by `miracl_grid.data.noteevents` with ``note_rule``, stay times from ``icustays``), or
     MIRACL's ``notes`` column. ``notes_path`` None looks for ROOT/notes.csv then
     ROOT/notes.parquet; with no source every note is missing (logged).
     """
@@ -552,9 +552,9 @@ def read_mimic3_phenotyping(root: str | os.PathLike, notes_path: str | os.PathLi
         if unknown or missing:
             if unknown:
                 raise unknown_column_error(listfile, unknown, f"the metadata columns {list(MIMIC3_METADATA_COLUMNS)} "
-                                            "and the 25 phenotype labels of data.schema.PHENOTYPE_LABELS")
+                                            "and the 25 phenotype labels of miracl_grid.data.schema.PHENOTYPE_LABELS")
             raise CohortError(f"{listfile}: line 1 (header): missing label column(s) {missing}; expected the 25 "
-                              "phenotypes of data.schema.PHENOTYPE_LABELS")
+                              "phenotypes of miracl_grid.data.schema.PHENOTYPE_LABELS")
         labels = parse_label_columns(table, PHENOTYPE_LABELS, listfile, (0, 1))
         period = parse_period_length(table, listfile)
         stay = table["stay"].fillna("").str.strip()

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-from data.cohort import SPLITS, Cohort
-from data.errors import CohortError
+from miracl_grid.data.cohort import SPLITS, Cohort
+from miracl_grid.data.errors import CohortError
 
 
 def assert_no_patient_crosses(stays: pd.DataFrame, where: str = "cohort") -> None:

@@ -22,8 +22,8 @@ import uuid
 from pathlib import Path
 from typing import Sequence
 
-from data.errors import CohortError
-from data.materialise import (LABELS, MANIFEST, SERIES_OFFSETS, SERIES_VALUES, STAYS, TEXT_FOLDER,
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.materialise import (LABELS, MANIFEST, SERIES_OFFSETS, SERIES_VALUES, STAYS, TEXT_FOLDER,
                               load_manifest)
 
 BASE_ARRAYS = (STAYS, LABELS, SERIES_VALUES, SERIES_OFFSETS)

@@ -5,12 +5,12 @@ the file layout of the mimic3-benchmarks phenotyping extract, so the default pip
 very reader a MIMIC user runs:
 
 ```
-OUT/train/listfile.csv        stay,period_length,<25 labels of data.schema.PHENOTYPE_LABELS> (0/1)
+OUT/train/listfile.csv        stay,period_length,<25 labels of miracl_grid.data.schema.PHENOTYPE_LABELS> (0/1)
 OUT/test/listfile.csv         same columns; the split is by patient (no patient on both sides)
 OUT/<split>/<subject>_episode<k>_timeseries.csv
-                              header "Hours,<17 data.schema.VARIABLE_NAMES>"; empty cell = not
+                              header "Hours,<17 miracl_grid.data.schema.VARIABLE_NAMES>"; empty cell = not
                               measured; categorical cells are exactly the strings of
-                              data.schema.VARIABLES[i].categories; Hours >= 0, ascending,
+                              miracl_grid.data.schema.VARIABLES[i].categories; Hours >= 0, ascending,
                               <= period_length; every file has at least one row
 OUT/notes.csv                 stay,text (one row per stay; the empty string = no note; pandas
                               reads it back as NaN unless keep_default_na=False)
@@ -110,11 +110,11 @@ from scipy.optimize import brentq
 from scipy.signal import lfilter
 from scipy.special import expit
 
-from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLE_NAMES, VARIABLES
+from miracl_grid.data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLE_NAMES, VARIABLES
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_NAME = "data.synthetic"
+GENERATOR_NAME = "miracl_grid.data.synthetic"
 FORMAT_VERSION = 1
 MARKER_FILE = "synthetic_cohort.json"
 NOTES_FILE = "notes.csv"
@@ -1109,7 +1109,7 @@ def generate_synthetic_cohort(out_dir: str | Path, *, num_patients: int = 1600,
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m data.synthetic OUT_DIR [--num-patients N] [--max-hours H] [--seed S]."""
+    """CLI: python -m miracl_grid.data.synthetic OUT_DIR [--num-patients N] [--max-hours H] [--seed S]."""
     parser = argparse.ArgumentParser(description="Write the embedded synthetic default cohort.")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--num-patients", type=int, default=1600)

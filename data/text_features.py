@@ -444,7 +444,7 @@ def ensure_text_features(cohort_dir: str | Path, texts: Sequence[str], *,
                          device: str = "cpu", note_encoder: NoteEncoder | None = None) -> TextFeatureInfo:
     """Compute (or reuse) ``cohort_dir/text/KEY/`` for these notes and label names.
 
-    note_encoder: computes the note token features elsewhere (e.g. `grid.encode_text` on a Ray
+    note_encoder: computes the note token features elsewhere (e.g. `miracl_grid.grid.encode_text` on a Ray
     cluster's GPU workers) instead of in this process on `device`; see `NoteEncoder`. The
     label names are always encoded here (a few dozen short strings).
 
@@ -552,7 +552,7 @@ def load_text_features(cohort_dir: str | Path, key: str, mmap: bool = True, *,
     meta = _read_meta(directory)
     if meta is None:
         raise TextFeatureError(f"{directory / 'meta.json'}: missing or unreadable; run "
-                               "ensure_text_features (python -m data.prepare) for this cohort")
+                               "ensure_text_features (python -m miracl_grid.data.prepare) for this cohort")
     if meta.get("key") != key:
         raise TextFeatureError(f"{directory / 'meta.json'}: key {meta.get('key')!r}, "
                                f"expected {key!r}")

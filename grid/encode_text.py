@@ -1,12 +1,12 @@
 """Note token features computed by a Ray job: length-bucketed shards on GPU workers, resumable.
 
-`ClusterNoteEncoder` is a `data.text_features.NoteEncoder`: handed to `prepare_cohort`
+`ClusterNoteEncoder` is a `miracl_grid.data.text_features.NoteEncoder`: handed to `prepare_cohort`
 (``grid/run.py --encode-on-cluster``), it replaces the in-process encoding of the notes, and
 `ensure_text_features` writes the cache exactly as it always does (same key, meta, layout).
 
 - Length buckets: notes are ordered by length (characters, longest first) and cut into shards
   of ``shard_notes`` notes, so a shard's batches hold notes of similar length (little padding);
-  inside a shard `data.text_features.encode_notes` orders by token count, as in-process.
+  inside a shard `miracl_grid.data.text_features.encode_notes` orders by token count, as in-process.
 - Placement: one Ray task per shard, asking for one GPU when the cluster has GPUs (the task
   then encodes on ``cuda``), else one CPU.
 - Resumable: each finished shard is written to ``scratch/shard_NNNNN_<digest>.npz`` (atomic
@@ -43,7 +43,7 @@ class ClusterNoteEncoder:
         import ray
         from tqdm.auto import tqdm
 
-        from data.text_features import resolve_encoder
+        from miracl_grid.data.text_features import resolve_encoder
 
         if self.shard_notes < 1:
             raise ValueError(f"shard_notes = {self.shard_notes}: expected >= 1")
@@ -108,7 +108,7 @@ def _assemble(notes: list[str], shards: list[np.ndarray], paths: list[Path],
 
 def _encode_shard(texts: list[str], encoder: str, max_tokens: int, batch_size: int, device: str,
                        path: str) -> str:
-    from data.text_features import encode_notes
+    from miracl_grid.data.text_features import encode_notes
 
     encoded = encode_notes(texts, encoder=encoder, max_tokens=max_tokens, batch_size=batch_size,
                            device=device, progress=False)

@@ -7,7 +7,7 @@ Layout (a local path or any pyarrow URI; README "Failures and resuming")::
       sweep.lock            pid, host and start time of the run writing here
       trials/<trial_id>/    trial_id = <readable trial name>-<config hash>
           trial.json        name, sweep, flat TrialConfig, config hash, provenance (written once)
-          checkpoints/      the trial's `trainables.checkpoints.CheckpointStore`
+          checkpoints/      the trial's `miracl_grid.trainables.checkpoints.CheckpointStore`
           failed.json       why the trial's last run failed after its retries (removed on rerun)
           artifacts/        selection artifacts (local storage)
       tune/<run>/           Ray Tune's own folder of each run (logs, error.txt); never read back
@@ -32,8 +32,8 @@ from typing import Any, Iterator
 
 import pyarrow.fs
 
-from trainables.checkpoints import CheckpointStore, filesystem_path
-from trainables.config import ConfigError, TrialConfig
+from miracl_grid.trainables.checkpoints import CheckpointStore, filesystem_path
+from miracl_grid.trainables.config import ConfigError, TrialConfig
 
 SWEEP_FILE = "sweep.json"
 LOCK_FILE = "sweep.lock"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from trainables.config import ConfigError, TrialConfig
+from miracl_grid.trainables.config import ConfigError, TrialConfig
 
 PAPER_EPOCHS = 30
 PAPER_COSINE_T_MAX = 10        # CosineAnnealingLR(T_max=10) over 30 epochs (METHOD §7)
@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "runtime": {
             "seeds": PAPER_SEEDS,
-            # Embedded default cohort when no --data is given (data.synthetic parameters).
+            # Embedded default cohort when no --data is given (miracl_grid.data.synthetic parameters).
             "synthetic_cohort": {"num_patients": 5000, "max_hours": 48},
         },
     },

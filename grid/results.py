@@ -1,6 +1,6 @@
 """Tidy `results.parquet` and `trials.parquet` from a sweep folder (schema in README "Results").
 
-The one reader of the grid's folder layout (`grid.folder`); `analysis.collect` calls it when a
+The one reader of the grid's folder layout (`miracl_grid.grid.folder`); `miracl_grid.analysis.collect` calls it when a
 folder has no `results.parquet`. No Ray, no torch: it runs on a laptop over a copied folder,
 and on any pyarrow URI (s3://...) directly.
 
@@ -22,8 +22,8 @@ import logging
 
 import pandas as pd
 
-from grid.folder import SweepFolder, write_atomically
-from trainables.config import TrialConfig
+from miracl_grid.grid.folder import SweepFolder, write_atomically
+from miracl_grid.trainables.config import TrialConfig
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@
     python grid/run.py --sweep lambda_cons --seeds 30,40,100 # extend it: runs only the new cells
     python grid/run.py --list | --sweep NAME --dry-run
 
-Writes the sweep folder `<storage>/<name>` (default `./runs/<sweep>`, layout in `grid.folder`):
+Writes the sweep folder `<storage>/<name>` (default `./runs/<sweep>`, layout in `miracl_grid.grid.folder`):
 one trial per config hash, then `results.parquet`, `trials.parquet` and `report.md` there.
 """
 from __future__ import annotations
@@ -24,14 +24,19 @@ import sys
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):
+    # `python grid/run.py` from a checkout: its root (not grid/) goes first on the path, so
+    # `miracl_grid` (and the subpackages it maps) import from this checkout, installed or not.
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")     # Tune's CLIReporter with our metric columns
 # Ctrl-C/SIGTERM are ours (`_stop_handler`): they stop the sweep through a Tune stopper.
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
-from trainables.config import ConfigError  # noqa: E402
+from miracl_grid.trainables.config import ConfigError  # noqa: E402
 
-logger = logging.getLogger("grid.run")
+logger = logging.getLogger("miracl_grid.grid.run")
 
 # Ray Train's controller polls its workers every 2 s by default; each epoch report and the end
 # of every trial wait for a poll. Measured on the quick preset: 0.25 s cuts ~1 s per epoch and
@@ -54,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "mimic3-raw:MIMIC_III_DIR | a materialised cohort dir")
     data.add_argument("--notes", default=None, help="notes table (stay,text) for mimic3 / mimic3-raw sources")
     data.add_argument("--noteevents", default=None, help="mimic3 / mimic3-raw: MIMIC-III NOTEEVENTS (notes selected "
-                      "per stay, see data.noteevents); mimic3 needs --icustays")
+                      "per stay, see miracl_grid.data.noteevents); mimic3 needs --icustays")
     data.add_argument("--icustays", default=None, help="mimic3 with --noteevents: MIMIC-III ICUSTAYS (stay times)")
     data.add_argument("--encoder", default=None, help="text encoder (HF id or path); default: packaged MiniLM")
     data.add_argument("--encode-on-cluster", action="store_true",
@@ -88,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_argument("--resume", action="store_true",
                          help="continue the sweep in its folder (an error when there is none); finished "
                               "trials are kept, new cells of a changed command run beside them")
-    cluster.add_argument("--no-report", action="store_true", help="skip analysis.report at the end")
+    cluster.add_argument("--no-report", action="store_true", help="skip miracl_grid.analysis.report at the end")
     return parser
 
 
@@ -122,13 +127,13 @@ def cohort_location(args, runtime: dict) -> tuple[str, Path, dict]:
 
 def prepare_data(args, runtime: dict) -> Path:
     """Materialise (or reuse, by content hash) the cohort once for every trial."""
-    from data.prepare import prepare_cohort
+    from miracl_grid.data.prepare import prepare_cohort
 
     source, cohort, options = cohort_location(args, runtime)
     if not source:
         return cohort
     if args.encode_on_cluster:    # the notes' token features by a Ray job on the cluster's (GPU) workers
-        from grid.encode_text import ClusterNoteEncoder
+        from miracl_grid.grid.encode_text import ClusterNoteEncoder
 
         connect_ray(args)
         options["note_encoder"] = ClusterNoteEncoder(cohort / TEXT_SHARDS)
@@ -148,8 +153,8 @@ def connect_ray(args) -> None:
 
 def expand_requested_sweep(args, preset: str, runtime: dict, l_avg: float, num_labels: int) -> list:
     """The trials of ``--sweep`` with every narrowing/widening flag applied (validated configs)."""
-    from grid.presets import preset_trial_defaults
-    from grid.sweeps import expand_sweep, parse_set_arguments
+    from miracl_grid.grid.presets import preset_trial_defaults
+    from miracl_grid.grid.sweeps import expand_sweep, parse_set_arguments
 
     return expand_sweep(args.sweep, l_avg=l_avg, num_labels=num_labels, seeds=args.seeds, noise=args.noise,
                         methods=args.methods, overrides=parse_set_arguments(args.set),
@@ -159,7 +164,7 @@ def expand_requested_sweep(args, preset: str, runtime: dict, l_avg: float, num_l
 def check_text_keys(trials, cohort_dir: Path) -> None:
     """Every trial's text-feature key exists in the cohort and its files pass the full check
     (unknown key / other encoder / damaged file: CohortError)."""
-    from data.dataset import CohortData
+    from miracl_grid.data.dataset import CohortData
 
     for key in sorted({t.config["text_feature_key"] for t in trials}):
         # full file check once per sweep (trials run the quick one)
@@ -169,10 +174,10 @@ def check_text_keys(trials, cohort_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
-    from data.errors import CohortError
-    from grid.folder import SWEEP_FILE, SweepFolder
-    from grid.presets import preset_runtime, preset_trial_defaults
-    from grid.sweeps import describe_sweeps, format_trials, get_sweep
+    from miracl_grid.data.errors import CohortError
+    from miracl_grid.grid.folder import SWEEP_FILE, SweepFolder
+    from miracl_grid.grid.presets import preset_runtime, preset_trial_defaults
+    from miracl_grid.grid.sweeps import describe_sweeps, format_trials, get_sweep
 
     preset = args.preset = args.preset or ("quick" if _is_embedded(args.data) else "paper")
     runtime = preset_runtime(preset)
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     # Everything that can be checked without the cohort is checked before it is built: the sweep
     # name, the flags and every trial's config (a cohort build takes minutes on real data).
     try:
-        from data.materialise import load_manifest
+        from miracl_grid.data.materialise import load_manifest
 
         get_sweep(args.sweep)
         source, cohort_dir, _ = cohort_location(args, runtime)
@@ -250,9 +255,9 @@ def fitting_trials(cluster: dict, args) -> int:
 
 def run_sweep(args, trials, cohort_dir: Path, manifest: dict, folder) -> int:
     """Register the sweep's cells in its folder, train the unfinished ones, collect, report."""
-    from grid.folder import FolderError
-    from grid.provenance import sweep_provenance
-    from trainables.checkpoints import storage_full
+    from miracl_grid.grid.folder import FolderError
+    from miracl_grid.grid.provenance import sweep_provenance
+    from miracl_grid.trainables.checkpoints import storage_full
 
     stop_requests: list[str] = []
     previous = {sig: signal.signal(sig, _stop_handler(stop_requests)) for sig in STOP_SIGNALS}
@@ -303,7 +308,7 @@ def _epochs_done(folder, identity: str) -> int:
 
 
 def _train_and_collect(args, folder, cells, cohort_dir: Path, stop_requests: list) -> int:
-    from grid.results import FINISHED_STATUS, RESULTS_FILE, TRIALS_FILE, collect_sweep, write_frame
+    from miracl_grid.grid.results import FINISHED_STATUS, RESULTS_FILE, TRIALS_FILE, collect_sweep, write_frame
 
     planned = {identity for identity, _ in cells}
     to_run = [(identity, trial) for identity, trial in cells
@@ -343,8 +348,8 @@ def _train_and_collect(args, folder, cells, cohort_dir: Path, stop_requests: lis
 
 
 def _report(folder, *, complete: bool) -> None:
-    from analysis.collect import ResultsError
-    from analysis.report import write_report
+    from miracl_grid.analysis.collect import ResultsError
+    from miracl_grid.analysis.report import write_report
 
     try:
         report = write_report(folder.local_dir(), allow_partial=not complete)
@@ -361,8 +366,8 @@ def _run_trials(args, folder, to_run, cohort_dir: Path, stop_requests: list) -> 
     """One fresh Tune experiment over `to_run`; returns {trial id: error} of trials that failed."""
     import ray
 
-    from grid.runner import Resources, build_tuner
-    from trainables.checkpoints import storage_full
+    from miracl_grid.grid.runner import Resources, build_tuner
+    from miracl_grid.trainables.checkpoints import storage_full
 
     connect_ray(args)   # tests (and notebooks) may have started one already
     for sig in STOP_SIGNALS:   # ray.init installs its own SIGTERM handler (sys.exit): ours again
@@ -391,4 +396,6 @@ def _run_trials(args, folder, to_run, cohort_dir: Path, stop_requests: list) -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the package's module, not this __main__ copy, so Ray pickles trainables by reference.
+    from miracl_grid.grid.run import main as package_main
+    sys.exit(package_main())

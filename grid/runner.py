@@ -10,13 +10,13 @@ Failure handling, two levels:
 - the driver/trial dies -> Tune retries the trial (`tune.FailureConfig(max_failures)`).
 
 Either way the loop resumes from the newest complete checkpoint in the trial's own store
-(`trainables.checkpoints`, under the sweep folder's `trials/<trial_id>/checkpoints`), never from
+(`miracl_grid.trainables.checkpoints`, under the sweep folder's `trials/<trial_id>/checkpoints`), never from
 a checkpoint Tune or Ray Train recorded. Each run of the grid is a fresh Tune experiment over
-the cells that are not finished yet (`grid.folder`); Tune's experiment state is never restored.
+the cells that are not finished yet (`miracl_grid.grid.folder`); Tune's experiment state is never restored.
 
 Data: trials read one materialised cohort directory by path. On a cluster that path must be
 on shared storage (NFS/EFS mounted at the same path on every node); see README. With a
-node-local cache folder, each worker reads a copy staged once per node (`data.staging`).
+node-local cache folder, each worker reads a copy staged once per node (`miracl_grid.data.staging`).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from grid.folder import ARTIFACTS_FOLDER, TRAIN_RUNS_FOLDER, TUNE_FOLDER, SweepFolder
-from grid.sweeps import Trial
+from miracl_grid.grid.folder import ARTIFACTS_FOLDER, TRAIN_RUNS_FOLDER, TUNE_FOLDER, SweepFolder
+from miracl_grid.grid.sweeps import Trial
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def run_trial(param: dict) -> None:
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from trainables.train import build_trainer
+    from miracl_grid.trainables.train import build_trainer
 
     trainer = build_trainer(
         loop_config, workers=runtime["workers_per_trial"], cpus_per_worker=runtime["cpus_per_worker"],
@@ -84,19 +84,19 @@ def run_trial_in_process(loop_config: dict) -> None:
     Measured on the quick preset here (bench/bench_grid.py): starting a Ray Train controller
     and worker group costs ~19 s before the first epoch of a ~35 s trial when two trials start
     together on 2 cores (over a third of the trial). In-process trials skip that; checkpoints go
-    to the same per-trial store the workers use (`trainables.loop.run_with_store`).
+    to the same per-trial store the workers use (`miracl_grid.trainables.loop.run_with_store`).
     """
     from ray import tune
 
-    from trainables.checkpoints import CheckpointStore
-    from trainables.loop import run_with_store
+    from miracl_grid.trainables.checkpoints import CheckpointStore
+    from miracl_grid.trainables.loop import run_with_store
 
     run_with_store(loop_config, CheckpointStore(loop_config["checkpoint_root"]), tune.report)
 
 
 def _fail_hook(runtime: dict, trial_name: str) -> dict | None:
     """Test hook (env MIRACL_FAIL_ONCE='TRIAL:EPOCH:RANK[:hold]'): that worker exits (or, with
-    ':hold', waits until its node is killed) once at that epoch; see `trainables.loop._maybe_fail`."""
+    ':hold', waits until its node is killed) once at that epoch; see `miracl_grid.trainables.loop._maybe_fail`."""
     spec = runtime.get("fail_once")
     if not spec:
         return None

@@ -21,7 +21,7 @@ Noise settings (METHOD §2) are written ``model[:rates]``::
     single_positive     combined           none           (rates may also be written 20%)
 
 ``balanced`` takes ρ+ only; ρ− = ρ+·L_avg/(L − L_avg) is derived from the cohort's clean-train
-L_avg through `data.noise.balanced_rho_neg`.
+L_avg through `miracl_grid.data.noise.balanced_rho_neg`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainables.config import NOISE_MODELS, ConfigError, TrialConfig
+from miracl_grid.trainables.config import NOISE_MODELS, ConfigError, TrialConfig
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class NoiseSetting:
         """Return a copy with ρ− derived for ``balanced`` (METHOD §2); other models unchanged."""
         if self.model != "balanced":
             return self
-        from data.noise import balanced_rho_neg  # lazy: data/noise.py is a sibling module
+        from miracl_grid.data.noise import balanced_rho_neg  # lazy: data/noise.py is a sibling module
         return NoiseSetting(self.model, self.rho_pos,
                             float(balanced_rho_neg(self.rho_pos, l_avg, num_labels)))
 

@@ -17,7 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory):
     """A ~200-stay embedded cohort (24 h, notes cut at 32 tokens), materialised once."""
-    from data.prepare import prepare_cohort
+    from miracl_grid.data.prepare import prepare_cohort
 
     out = tmp_path_factory.mktemp("tiny_cohort")
     return prepare_cohort("synthetic", out, patients=120, hours=24, seed=7, max_tokens=32,
@@ -28,7 +28,7 @@ def tiny_cohort(tmp_path_factory):
 def ray_session():
     import ray
 
-    from grid.run import RAY_WORKER_ENVIRONMENT
+    from miracl_grid.grid.run import RAY_WORKER_ENVIRONMENT
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {**RAY_WORKER_ENVIRONMENT, "HF_HUB_OFFLINE": "1"}})

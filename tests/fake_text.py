@@ -1,4 +1,4 @@
-"""A test stand-in for `data.text_features.ensure_text_features`: one token per word, no model.
+"""A test stand-in for `miracl_grid.data.text_features.ensure_text_features`: one token per word, no model.
 
 pytest's default "prepend" import mode puts tests/ on sys.path, so test modules import this as
 `from fake_text import make_fake_text_features`.

@@ -1,7 +1,7 @@
 """Hand-written time-series CSV lines in the mimic3-benchmarks layout, for reader tests."""
 from __future__ import annotations
 
-from data.schema import TIMESERIES_HEADER
+from miracl_grid.data.schema import TIMESERIES_HEADER
 
 
 def series_line(hours: str, **cells: str) -> str:

@@ -1,12 +1,12 @@
 """Build grid sweep folders without training: registered trials and checkpoints whose
-`history.json` holds given per-epoch metrics (the layout of `grid.folder`, written through it)."""
+`history.json` holds given per-epoch metrics (the layout of `miracl_grid.grid.folder`, written through it)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from grid.folder import SweepFolder
-from trainables.config import TrialConfig
+from miracl_grid.grid.folder import SweepFolder
+from miracl_grid.trainables.config import TrialConfig
 
 
 def register_trial(folder: SweepFolder, name: str, *, sweep: str = "lambda_cons", provenance=None,

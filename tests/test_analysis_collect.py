@@ -1,4 +1,4 @@
-"""analysis.collect / analysis.labels: labels, loading (parquet and Tune dirs), last epoch, completeness."""
+"""miracl_grid.analysis.collect / miracl_grid.analysis.labels: labels, loading (parquet and Tune dirs), last epoch, completeness."""
 from __future__ import annotations
 
 
@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.collect import (IncompleteSweepError, ResultsError, annotate, check_complete, infer_expected_cells,
+from miracl_grid.analysis.collect import (IncompleteSweepError, ResultsError, annotate, check_complete, infer_expected_cells,
                               last_epoch, load_results, missing_by_sweep, noise_setting_order)
-from analysis.labels import method_label, noise_setting_label
+from miracl_grid.analysis.labels import method_label, noise_setting_label
 
 
 def trial_rows(trial_id, *, sweep="main", method="miracl", backbone="flexcare", variant="MIRACL",
@@ -66,7 +66,7 @@ def test_method_labels(arm, expected):
 
 
 def test_labels_agree_with_the_grid_definitions():
-    sweeps = pytest.importorskip("grid.sweeps")
+    sweeps = pytest.importorskip("miracl_grid.grid.sweeps")
     for arm in sweeps.COMPARISON_METHODS:
         fields = arm.fields
         assert method_label(fields["method"], fields["backbone"], fields["variant"]) == arm.label
@@ -124,8 +124,8 @@ def test_load_results_errors_name_the_problem(tmp_path):
 
 
 def test_sweep_folder_without_results_file(tmp_path):
-    """The grid's own folder, read through grid.results (the one reader of its layout)."""
-    from grid.folder import SweepFolder
+    """The grid's own folder, read through miracl_grid.grid.results (the one reader of its layout)."""
+    from miracl_grid.grid.folder import SweepFolder
     from tests.sweep_folder import publish_epochs, register_trial
 
     folder = SweepFolder(str(tmp_path / "lambda_cons"))
@@ -155,7 +155,7 @@ def test_sweep_folder_without_results_file(tmp_path):
 
 
 def test_sweep_folder_bad_file_names_it(tmp_path):
-    from grid.folder import SweepFolder
+    from miracl_grid.grid.folder import SweepFolder
     from tests.sweep_folder import register_trial
 
     identity = register_trial(SweepFolder(str(tmp_path / "exp")), "a", epochs=2)

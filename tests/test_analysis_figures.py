@@ -1,4 +1,4 @@
-"""analysis.figures / analysis.artifacts: sensitivity curves, Fig. 4 curves, GMM histograms from an npz."""
+"""miracl_grid.analysis.figures / miracl_grid.analysis.artifacts: sensitivity curves, Fig. 4 curves, GMM histograms from an npz."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.artifacts import ArtifactError, load_selection_artifact, write_selection_artifact
-from analysis.figures import (correction_accuracy_plot, selection_components_plot, selection_histogram_plot,
+from miracl_grid.analysis.artifacts import ArtifactError, load_selection_artifact, write_selection_artifact
+from miracl_grid.analysis.figures import (correction_accuracy_plot, selection_components_plot, selection_histogram_plot,
                               sensitivity_plot, set_size_plot)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

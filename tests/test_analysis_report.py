@@ -1,4 +1,4 @@
-"""analysis.report: sections chosen from the sweeps, CLI exit codes, partial runs, import hygiene."""
+"""miracl_grid.analysis.report: sections chosen from the sweeps, CLI exit codes, partial runs, import hygiene."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.collect import IncompleteSweepError
-from analysis.report import main, write_report
+from miracl_grid.analysis.collect import IncompleteSweepError
+from miracl_grid.analysis.report import main, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 PROVENANCE = {"provenance/code_version": "0123abcd", "provenance/code_dirty": False, "provenance/cohort_hash": "c0ffee",
@@ -146,7 +146,7 @@ def test_other_sweeps_select_their_tables(tmp_path):
 
 
 def test_analysis_imports_neither_torch_nor_ray():
-    code = ("import sys, analysis.report, analysis.figures, analysis.tables, analysis.collect, analysis.significance; "
+    code = ("import sys, miracl_grid.analysis.report, miracl_grid.analysis.figures, miracl_grid.analysis.tables, miracl_grid.analysis.collect, miracl_grid.analysis.significance; "
             "bad = [name for name in ('torch', 'ray') if name in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

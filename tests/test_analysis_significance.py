@@ -1,4 +1,4 @@
-"""analysis.significance: one-sided t-tests against scipy, stars, comparator choice, degenerate cases."""
+"""miracl_grid.analysis.significance: one-sided t-tests against scipy, stars, comparator choice, degenerate cases."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.significance import one_sided_t_test, significance_stars, significance_table
+from miracl_grid.analysis.significance import one_sided_t_test, significance_stars, significance_table
 
 SEEDS = (30, 40, 100)
 

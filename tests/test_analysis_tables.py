@@ -1,4 +1,4 @@
-"""analysis.tables: hand-computed means/stds (ddof 0), bold winners, stars, Table 4 / 9, rendering."""
+"""miracl_grid.analysis.tables: hand-computed means/stds (ddof 0), bold winners, stars, Table 4 / 9, rendering."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.tables import (ablation_table, comparison_table, noise_rate_table, sensitivity_table,
+from miracl_grid.analysis.tables import (ablation_table, comparison_table, noise_rate_table, sensitivity_table,
                              significance_report, stability_table, summary_statistics)
 
 SEEDS = (30, 40, 100)

@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as functional
 
-from trainables.backbones import BACKBONES, BackboneOutput, build_backbone
-from trainables.backbones.flexcare import (FusionLayout, NoisyTopKExperts, balance_loss, cv_squared,
+from miracl_grid.trainables.backbones import BACKBONES, BackboneOutput, build_backbone
+from miracl_grid.trainables.backbones.flexcare import (FusionLayout, NoisyTopKExperts, balance_loss, cv_squared,
                                            orthogonality_loss)
-from trainables.backbones.m3care import impute_from_neighbours
-from trainables.config import TrialConfig
+from miracl_grid.trainables.backbones.m3care import impute_from_neighbours
+from miracl_grid.trainables.config import TrialConfig
 
 CHANNELS, NOTE_DIM, LABELS, HIDDEN = 5, 12, 4, 16
 CONFIG = TrialConfig(hidden_size=HIDDEN, lstm_layers=2, fusion_layers=2, fusion_heads=2, num_experts=4,
@@ -37,7 +37,7 @@ def build(name: str, config: TrialConfig = CONFIG, seed: int = 0) -> torch.nn.Mo
 
 
 def make_batch(series_length, note_length, steps=None, tokens=None, seed=0, padding=0.0) -> dict:
-    """Batch dict as `data.dataset.collate` makes it; ``padding`` fills positions beyond the lengths
+    """Batch dict as `miracl_grid.data.dataset.collate` makes it; ``padding`` fills positions beyond the lengths
     (0 = the contract's zero padding; anything else checks that padding is never read)."""
     generator = torch.Generator().manual_seed(seed)
     series_length, note_length = torch.tensor(series_length), torch.tensor(note_length)

@@ -1,7 +1,7 @@
 """Reliability sweep: every malformed cohort or config fails through the real CLI with a clear message.
 
 One table (`CASES`) of bad inputs. Each case builds its input in a temporary folder and runs the
-command line a user runs (``python -m data.prepare``, ``python -m trainables.train``,
+command line a user runs (``python -m miracl_grid.data.prepare``, ``python -m miracl_grid.trainables.train``,
 ``python grid/run.py --dry-run``) in a subprocess; the test asserts a non-zero exit code, an
 ``error:`` line naming the file / line / column or config field and what was expected (specific
 substrings, computed from the input the case wrote), and no Python traceback. The train CLI must
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLES
+from miracl_grid.data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER, VARIABLES
 from series_layout import series_line
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -106,11 +106,11 @@ def case(name: str):
 
 
 def prepare(root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "data.prepare", "--source", f"mimic3:{root}", "--out", str(out), "--quiet", *extra]
+    return [sys.executable, "-m", "miracl_grid.data.prepare", "--source", f"mimic3:{root}", "--out", str(out), "--quiet", *extra]
 
 
 def train(context: Context, *flags: str, data: Path | None = None) -> list[str]:
-    return [sys.executable, "-m", "trainables.train", "--data", str(data or context.cohort),
+    return [sys.executable, "-m", "miracl_grid.trainables.train", "--data", str(data or context.cohort),
             "--storage", str(context.tmp / "runs"), "--epochs", "2", "--warmup-epochs", "1", *flags]
 
 
@@ -135,7 +135,7 @@ def set_cell(layout: Layout, stay: str, line: int, column: str, value: str) -> N
 STAY_A, STAY_B, STAY_C = "10_episode1_timeseries.csv", "10_episode2_timeseries.csv", "11_episode1_timeseries.csv"
 
 
-# ---- data: python -m data.prepare --source mimic3:ROOT
+# ---- data: python -m miracl_grid.data.prepare --source mimic3:ROOT
 @case("data-missing-listfile")
 def _(context):
     root, _ = mutated(context, lambda layout: None)
@@ -205,7 +205,7 @@ def _(context):
                                                                        "columns stay,text"]
 
 
-# ---- config: python -m trainables.train --data COHORT ...
+# ---- config: python -m miracl_grid.trainables.train --data COHORT ...
 def _config_case(name: str, flags: tuple[str, ...], expected: list[str]):
     @case(name)
     def _(context):
@@ -272,8 +272,8 @@ def damaged_copy(context: Context) -> Path:
 
 def reseal(directory: Path, name: str) -> None:
     """Rewrite the manifest's record of ``name`` and its digest with the production functions."""
-    from data.checksums import file_record
-    from data.materialise import MANIFEST_DIGEST, manifest_digest
+    from miracl_grid.data.checksums import file_record
+    from miracl_grid.data.materialise import MANIFEST_DIGEST, manifest_digest
 
     manifest = json.loads((directory / "manifest.json").read_text())
     manifest["files"][name] = file_record(directory / name)
@@ -291,7 +291,7 @@ def _(context):
     copy = damaged_copy(context)
     np.save(copy / "labels.npy", (1 - np.load(copy / "labels.npy")).astype(np.uint8))
     return train(context, data=copy), [str(copy / "labels.npy"), "content changed since it was written",
-                                       "re-run `python -m data.prepare`"]
+                                       "re-run `python -m miracl_grid.data.prepare`"]
 
 
 @case("cohort-truncated-series")
@@ -315,7 +315,7 @@ def _(context):
 @case("cohort-verify-truncated-parquet")
 def _(context):
     path = truncate(damaged_copy(context) / "stays.parquet")
-    return [sys.executable, "-m", "data.prepare", "--verify", str(path.parent)], [str(path), "(truncated?)"]
+    return [sys.executable, "-m", "miracl_grid.data.prepare", "--verify", str(path.parent)], [str(path), "(truncated?)"]
 
 
 # ---- grid: python grid/run.py ... --dry-run
@@ -337,7 +337,7 @@ for _name, (_flags, _expected) in _GRID.items():
 @pytest.fixture(scope="module")
 def good_cohort(tmp_path_factory) -> Path:
     """A tiny embedded cohort (40 patients, 12 h), materialised once for the config and grid cases."""
-    from data.prepare import prepare_cohort
+    from miracl_grid.data.prepare import prepare_cohort
 
     return prepare_cohort("synthetic", tmp_path_factory.mktemp("good_cohort"), patients=40, hours=12,
                           max_tokens=16, max_bins=12, progress=False)
@@ -379,7 +379,7 @@ TRIAL = dict(epochs=1, warmup_epochs=0, batch_size=8, hidden_size=16, fusion_lay
 
 
 def run_one_epoch(cohort: Path) -> dict:
-    from trainables.loop import run_training
+    from miracl_grid.trainables.loop import run_training
 
     history = run_training({"trial": dict(TRIAL), "cohort_dir": str(cohort)}, lambda metrics, folder: None)
     assert [m["epoch"] for m in history] == [1]
@@ -389,7 +389,7 @@ def run_one_epoch(cohort: Path) -> dict:
 def test_label_without_train_positive_is_reported_and_training_still_runs(tmp_path):
     """Documented handling: counted in the manifest (``labels_without_train_positive``), not an error;
     training runs and mAP skips labels without a test positive (counted in test/labels_without_positive)."""
-    from data.prepare import prepare_cohort
+    from miracl_grid.data.prepare import prepare_cohort
 
     layout = base_layout(num_train=5, num_test=3)
     empty_everywhere, empty_in_train = PHENOTYPE_LABELS.index("Shock"), PHENOTYPE_LABELS.index("Septicemia (except in labor)")
@@ -412,7 +412,7 @@ def test_label_without_train_positive_is_reported_and_training_still_runs(tmp_pa
 
 
 def test_cohort_where_every_note_is_empty_is_a_missing_modality(tmp_path):
-    from data.prepare import prepare_cohort
+    from miracl_grid.data.prepare import prepare_cohort
 
     layout = base_layout(num_train=4, num_test=2)
     layout.notes = {stay: ("" if i % 2 else "   ") for i, stay in enumerate(layout.split)}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from trainables.batching import epoch_batches, shard, shard_weight
+from miracl_grid.trainables.batching import epoch_batches, shard, shard_weight
 
 
 @pytest.mark.parametrize("sampler", ["random", "patient"])

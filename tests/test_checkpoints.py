@@ -1,4 +1,4 @@
-"""trainables.checkpoints: what restore picks is never what retention deleted; torn and crafted
+"""miracl_grid.trainables.checkpoints: what restore picks is never what retention deleted; torn and crafted
 checkpoints; a full disk mid-publish."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pyarrow.fs
 import pytest
 import torch
 
-from trainables.checkpoints import CheckpointStore, StorageFullError
+from miracl_grid.trainables.checkpoints import CheckpointStore, StorageFullError
 
 
 def _folder(tmp_path, epoch):
@@ -141,7 +141,7 @@ def test_a_full_disk_mid_publish_keeps_the_earlier_checkpoints(tmp_path, monkeyp
     root = tmp_path / "store"
     CheckpointStore(str(root)).publish(_folder(tmp_path, 1), 1)
     full = pyarrow.fs.PyFileSystem(_FillsUp(room=5))
-    monkeypatch.setattr("trainables.checkpoints.filesystem_path", lambda uri: (full, str(root.resolve())))
+    monkeypatch.setattr("miracl_grid.trainables.checkpoints.filesystem_path", lambda uri: (full, str(root.resolve())))
     store = CheckpointStore(str(root))
     with pytest.raises(StorageFullError, match="storage full while writing checkpoint .*epoch_000002"):
         store.publish(_folder(tmp_path, 2), 2)
@@ -154,7 +154,7 @@ class _RunsCode:
 
 
 def test_a_crafted_state_file_is_refused_without_running_it(tmp_path):
-    from trainables.loop import load_training_state
+    from miracl_grid.trainables.loop import load_training_state
 
     marker = tmp_path / "pwned"
     payload = _RunsCode()
@@ -170,7 +170,7 @@ def test_a_crafted_state_file_is_refused_without_running_it(tmp_path):
 
 
 def test_a_genuine_state_round_trips_with_weights_only(tmp_path):
-    from trainables.loop import TrainingState, load_training_state, save_training_state
+    from miracl_grid.trainables.loop import TrainingState, load_training_state, save_training_state
 
     state = TrainingState(epoch=2, model={"w": torch.ones(2)}, optimizer={"state": {}, "param_groups": [{"lr": 1e-3}]},
                           scheduler={"last_epoch": 2, "_last_lr": [1e-3]}, method={"corrected": None},

@@ -23,7 +23,7 @@ OUR_WARNING = re.compile(re.escape(str(REPOSITORY)) +
 def test_single_trial_cli_prints_its_result_without_noise(tiny_cohort, tmp_path):
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "default"}
     result = subprocess.run(
-        [sys.executable, "-m", "trainables.train", "--data", str(tiny_cohort), "--workers", "2",
+        [sys.executable, "-m", "miracl_grid.trainables.train", "--data", str(tiny_cohort), "--workers", "2",
          "--method", "miracl", "--rho-pos", "0.4", "--rho-neg", "0.4", *TINY_FLAGS,
          "--storage", str(tmp_path / "runs")],
         cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=900)

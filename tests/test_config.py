@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trainables.config import FIELD_RANGES, ConfigError, FieldRange, TrialConfig
+from miracl_grid.trainables.config import FIELD_RANGES, ConfigError, FieldRange, TrialConfig
 
 FIELDS = {item.name: str(item.type) for item in dataclasses.fields(TrialConfig)}
 NUMERIC = sorted(name for name, kind in FIELDS.items() if kind.replace(" | None", "") in ("int", "float"))

@@ -1,4 +1,4 @@
-"""Tests of trainables.contrastive (Eq. 9, METHOD §6): loop reference and a 2-process gloo DDP check."""
+"""Tests of miracl_grid.trainables.contrastive (Eq. 9, METHOD §6): loop reference and a 2-process gloo DDP check."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import torch
 import torch.distributed as distributed
 
 from gloo import run_on_gloo
-from trainables.contrastive import ContrastiveError, patient_contrastive_loss
+from miracl_grid.trainables.contrastive import ContrastiveError, patient_contrastive_loss
 
 
 def loop_reference(ehr, note, has_series, has_note, patient, temperature):
@@ -137,7 +137,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, queue) -> None:
     torch.manual_seed(0)
     distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        from trainables.distributed import autograd_all_gather
+        from miracl_grid.trainables.distributed import autograd_all_gather
         torch.manual_seed(0)
         model = TwoHeads()
         reference = TwoHeads()

@@ -1,13 +1,13 @@
-"""Tests of trainables.correction (Eqs. 4–8, Appendix D, METHOD §5) on hand-computed cases."""
+"""Tests of miracl_grid.trainables.correction (Eqs. 4–8, Appendix D, METHOD §5) on hand-computed cases."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from trainables.correction import (CorrectionError, cooccurrence_matrix, correct_labels, label_support,
+from miracl_grid.trainables.correction import (CorrectionError, cooccurrence_matrix, correct_labels, label_support,
                                    uncertainty_score)
-from trainables.gmm import CLEAN, NOISY, UNCERTAIN
+from miracl_grid.trainables.gmm import CLEAN, NOISY, UNCERTAIN
 
 # 3 instances × 3 labels, worked by hand:
 #   K = ỸᵀỸ: K00=2 K01=1 K02=1 | K10=1 K11=2 K12=0 | K20=1 K21=0 K22=1

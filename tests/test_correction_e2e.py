@@ -1,8 +1,8 @@
 """MIRACL's correction helps on the embedded cohort at symmetric 40 % noise (short run)."""
 import pytest
 
-from data.prepare import prepare_cohort
-from trainables.loop import run_training
+from miracl_grid.data.prepare import prepare_cohort
+from miracl_grid.trainables.loop import run_training
 
 
 @pytest.mark.slow

@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import data.materialise as materialise_module
-from data.cohort import Cohort
-from data.dataset import CohortData, CohortDataset, collate
-from data.errors import CohortError
-from data.materialise import materialise
-from data.schema import VARIABLE_NAMES, channel_names
+import miracl_grid.data.materialise as materialise_module
+from miracl_grid.data.cohort import Cohort
+from miracl_grid.data.dataset import CohortData, CohortDataset, collate
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.materialise import materialise
+from miracl_grid.data.schema import VARIABLE_NAMES, channel_names
 from fake_text import make_fake_text_features
 
 HR = channel_names().index("Heart Rate")

@@ -7,8 +7,8 @@ import argparse
 import pytest
 import torch
 
-from trainables.devices import DeviceError, choose_device, loader_options, worker_device
-from trainables.train import build_trainer, process_group_backend
+from miracl_grid.trainables.devices import DeviceError, choose_device, loader_options, worker_device
+from miracl_grid.trainables.train import build_trainer, process_group_backend
 
 
 def test_cpu_trial_stays_on_cpu_even_where_a_gpu_is_visible():
@@ -65,8 +65,8 @@ def test_trainer_requests_what_it_trains_on(tmp_path, gpus, backend):
 
 
 def test_two_half_gpu_trials_fit_one_gpu():
-    from grid.run import fitting_trials
-    from grid.runner import _driver_resources
+    from miracl_grid.grid.run import fitting_trials
+    from miracl_grid.grid.runner import _driver_resources
 
     args = argparse.Namespace(workers_per_trial=0, cpus_per_worker=1.0, gpus_per_worker=0.5)
     assert fitting_trials({"CPU": 4.0, "GPU": 1.0}, args) == 2

@@ -1,4 +1,4 @@
-"""trainables.diagnostics: every mechanism diagnostic against a hand-computed case."""
+"""miracl_grid.trainables.diagnostics: every mechanism diagnostic against a hand-computed case."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from trainables.diagnostics import (class_selection_metrics, correction_error_metrics, memorisation_metrics,
+from miracl_grid.trainables.diagnostics import (class_selection_metrics, correction_error_metrics, memorisation_metrics,
                                     roc_auc, same_patient_share, selection_signal_aucs)
-from trainables.gmm import CLEAN, NOISY, UNCERTAIN
+from miracl_grid.trainables.gmm import CLEAN, NOISY, UNCERTAIN
 
 # 3 instances × 2 labels. clean y, observed ỹ (flips at (0,0) 1→0, (1,1) 0→1, (2,0) 1→0)
 CLEAN_Y = torch.tensor([[1., 0.], [0., 0.], [1., 1.]])

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.discretise import (CONTINUOUS_CHANNELS, MASK_CHANNELS, NUM_CHANNELS, apply_normaliser, bin_index,
+from miracl_grid.data.discretise import (CONTINUOUS_CHANNELS, MASK_CHANNELS, NUM_CHANNELS, apply_normaliser, bin_index,
                              bins_per_stay, discretise, fit_normaliser)
-from data.schema import VARIABLE_NAMES, VARIABLES, channel_names
+from miracl_grid.data.schema import VARIABLE_NAMES, VARIABLES, channel_names
 
 NAMES = channel_names()
 HR = NAMES.index("Heart Rate")

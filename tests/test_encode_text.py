@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from data.text_features import ensure_text_features, load_text_features
-from grid.encode_text import ClusterNoteEncoder
+from miracl_grid.data.text_features import ensure_text_features, load_text_features
+from miracl_grid.grid.encode_text import ClusterNoteEncoder
 
 NOTES = ["Admitted with chest pain and shortness of breath.", "", "Sepsis; started on vancomycin.",
          "Known COPD, intubated overnight, weaning from the ventilator today.", "   ",

@@ -5,7 +5,7 @@
 * FlexCare's fusion on packed real rows with per-block attention against the same layers run
   on the padded sequence under one dense N×N mask built from the module docstring's rules;
 * the explicit attention of training mode against SDPA;
-* `trainables.backbones.dropout` against the definition of dropout (rate, scale, gradient,
+* `miracl_grid.trainables.backbones.dropout` against the definition of dropout (rate, scale, gradient,
   independence, seeding).
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from trainables.backbones.dropout import Dropout, dropout
-from trainables.backbones.encoders import MultiHeadAttention, TransformerLayer, bidirectional_lstm, \
+from miracl_grid.trainables.backbones.dropout import Dropout, dropout
+from miracl_grid.trainables.backbones.encoders import MultiHeadAttention, TransformerLayer, bidirectional_lstm, \
     reverse_within_length
-from trainables.backbones.flexcare import FusionLayout, block_attention
+from miracl_grid.trainables.backbones.flexcare import FusionLayout, block_attention
 
 TOLERANCE = dict(atol=2e-6, rtol=1e-5)
 

@@ -1,4 +1,4 @@
-"""Tests of trainables.gmm (Eq. 3, METHOD §4) against sklearn.mixture.GaussianMixture per group."""
+"""Tests of miracl_grid.trainables.gmm (Eq. 3, METHOD §4) against sklearn.mixture.GaussianMixture per group."""
 from __future__ import annotations
 
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
-from trainables.gmm import CLEAN, NOISY, UNCERTAIN, MixtureError, fit_group_mixtures
+from miracl_grid.trainables.gmm import CLEAN, NOISY, UNCERTAIN, MixtureError, fit_group_mixtures
 
 
 def bimodal(rng, size, low, high, share_high, spread):

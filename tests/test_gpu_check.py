@@ -19,7 +19,7 @@ import gpu_check  # noqa: E402
 @pytest.mark.parametrize("name, workers, gpus, concurrent", [
     ("whole_gpu", 1, 1.0, 1), ("ddp_shared_gpu", 2, 0.5, 1), ("two_trials_one_gpu", 1, 0.5, 2)])
 def test_grid_commands_request_the_gpu_shares(tmp_path, name, workers, gpus, concurrent):
-    from grid.run import build_parser
+    from miracl_grid.grid.run import build_parser
 
     args = build_parser().parse_args(gpu_check.grid_command(name, tmp_path / "c", tmp_path, 4)[2:])
     assert (args.workers_per_trial, args.gpus_per_worker, args.max_concurrent) == (workers, gpus, concurrent)

@@ -1,6 +1,6 @@
 """`python grid/run.py --list / --dry-run`: counts that match a run, no cohort built to look.
 
-All in-process calls of `grid.run.main`: neither --list nor --dry-run starts Ray.
+All in-process calls of `miracl_grid.grid.run.main`: neither --list nor --dry-run starts Ray.
 """
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from grid.run import main
-from grid.sweeps import SWEEPS
+from miracl_grid.grid.run import main
+from miracl_grid.grid.sweeps import SWEEPS
 
 
 def _listed_counts(capsys, *flags: str) -> dict[str, int]:

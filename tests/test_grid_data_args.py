@@ -1,10 +1,10 @@
-"""grid/run.py passes the data arguments through to data.prepare (the cohort is materialised once)."""
+"""grid/run.py passes the data arguments through to miracl_grid.data.prepare (the cohort is materialised once)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import data.prepare as prepare_module
-from grid.run import build_parser, prepare_data
+import miracl_grid.data.prepare as prepare_module
+from miracl_grid.grid.run import build_parser, prepare_data
 
 
 def captured_prepare(monkeypatch) -> list[tuple[str, Path, dict]]:

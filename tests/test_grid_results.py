@@ -1,5 +1,5 @@
-"""grid.folder + grid.results: rows from checkpoint histories, expected trials, identity by config
-hash, one writer, atomic writes (no Ray, no training: folders built through grid.folder)."""
+"""miracl_grid.grid.folder + miracl_grid.grid.results: rows from checkpoint histories, expected trials, identity by config
+hash, one writer, atomic writes (no Ray, no training: folders built through miracl_grid.grid.folder)."""
 from __future__ import annotations
 
 import errno
@@ -11,10 +11,10 @@ import sys
 import pandas as pd
 import pytest
 
-from grid.folder import FolderError, SweepFolder
-from grid.results import RESULTS_FILE, collect_sweep, write_frame
+from miracl_grid.grid.folder import FolderError, SweepFolder
+from miracl_grid.grid.results import RESULTS_FILE, collect_sweep, write_frame
 from tests.sweep_folder import publish_epochs, register_trial
-from trainables.checkpoints import storage_full
+from miracl_grid.trainables.checkpoints import storage_full
 
 
 def test_rows_are_each_epoch_once_from_the_newest_checkpoint(tmp_path):
@@ -134,9 +134,8 @@ def test_results_are_written_atomically_and_a_full_disk_keeps_the_old_file(tmp_p
     frame, _ = collect_sweep(folder)
     write_frame(frame, folder, RESULTS_FILE)
     before = (tmp_path / "sweep" / RESULTS_FILE).read_bytes()
-    import grid.folder
-    real = grid.folder.write_atomically
-    monkeypatch.setattr("grid.results.write_atomically",
+    from miracl_grid.grid.folder import write_atomically as real
+    monkeypatch.setattr("miracl_grid.grid.results.write_atomically",
                         lambda filesystem, path, payload: real(_FullDisk(filesystem, 100), path, payload))
     with pytest.raises(OSError) as raised:
         write_frame(pd.concat([frame, frame]), folder, RESULTS_FILE)
@@ -149,9 +148,9 @@ def test_the_report_lists_a_finished_trial_whose_rows_were_lost(tmp_path):
     """Expected cells come from the registered trials, not from the rows that exist."""
     import shutil
 
-    from analysis.collect import IncompleteSweepError
-    from analysis.report import write_report
-    from grid.results import TRIALS_FILE
+    from miracl_grid.analysis.collect import IncompleteSweepError
+    from miracl_grid.analysis.report import write_report
+    from miracl_grid.grid.results import TRIALS_FILE
 
     folder = SweepFolder(str(tmp_path / "sweep"))
     kept = register_trial(folder, "miracl_s30", epochs=2, seed=30)
@@ -170,7 +169,7 @@ def test_the_report_lists_a_finished_trial_whose_rows_were_lost(tmp_path):
 
 
 def test_data_source_names_the_synthetic_size_or_the_extract():
-    from grid.provenance import data_source, sweep_provenance
+    from miracl_grid.grid.provenance import data_source, sweep_provenance
 
     synthetic = {"num_patients": 350, "num_stays": 606,
                  "source": {"format": "mimic3-benchmarks-phenotyping", "synthetic": {"num_patients": 350}}}

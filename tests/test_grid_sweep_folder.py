@@ -1,7 +1,7 @@
 """grid/run.py over its sweep folder, without Ray: which cells a command runs, what it keeps,
 and the faults that must end in a clean `error:` line.
 
-`_fake_training` stands in for `grid.run._run_trials` (the Ray part): it records the cells it
+`_fake_training` stands in for `miracl_grid.grid.run._run_trials` (the Ray part): it records the cells it
 was handed and publishes their checkpoints as a finished trial would, so the selection and
 bookkeeping around it run for real. The real thing is in tests/test_ray_e2e.py (slow).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from grid.folder import SweepFolder
+from miracl_grid.grid.folder import SweepFolder
 from tests.sweep_folder import publish_epochs
 
 TINY = dict(epochs=2, warmup_epochs=1, hidden_size=32, fusion_layers=1, num_experts=4, top_k_experts=2)
@@ -42,7 +42,7 @@ def fake_training(monkeypatch, tmp_path):
             publish_epochs(folder, identity, range(1, int(trial.config["epochs"]) + 1), tmp_path / f"run{len(runs)}")
         return {}
 
-    monkeypatch.setattr("grid.run._run_trials", train)
+    monkeypatch.setattr("miracl_grid.grid.run._run_trials", train)
     return runs
 
 
@@ -52,7 +52,7 @@ def _snapshot(folder: Path, identities) -> dict[str, bytes]:
 
 
 def test_a_widened_or_changed_command_runs_only_its_new_cells(tiny_cohort, tmp_path, fake_training):
-    from grid.run import main
+    from miracl_grid.grid.run import main
 
     sweep = tmp_path / "lambda_cons"
     assert main(_arguments(tiny_cohort, tmp_path, "--seeds", "30")) == 0
@@ -82,7 +82,7 @@ def test_a_widened_or_changed_command_runs_only_its_new_cells(tiny_cohort, tmp_p
 
 
 def test_resume_without_a_sweep_is_a_clean_error(tmp_path, capsys):
-    from grid.run import main
+    from miracl_grid.grid.run import main
 
     assert main(["--sweep", "lambda_cons", "--storage", str(tmp_path), "--resume"]) == 2
     error = capsys.readouterr().err
@@ -91,7 +91,7 @@ def test_resume_without_a_sweep_is_a_clean_error(tmp_path, capsys):
 
 
 def test_a_second_writer_is_refused(tiny_cohort, tmp_path, capsys, fake_training):
-    from grid.run import main
+    from miracl_grid.grid.run import main
 
     sweep = tmp_path / "lambda_cons"
     sweep.mkdir()
@@ -102,7 +102,7 @@ def test_a_second_writer_is_refused(tiny_cohort, tmp_path, capsys, fake_training
 
 
 def test_another_cohort_into_the_same_folder_is_refused(tiny_cohort, tmp_path, capsys, fake_training):
-    from grid.run import main
+    from miracl_grid.grid.run import main
 
     SweepFolder(str(tmp_path / "lambda_cons")).claim(sweep="lambda_cons", cohort_hash="another")
     assert main(_arguments(tiny_cohort, tmp_path, "--seeds", "30")) == 2
@@ -111,7 +111,7 @@ def test_another_cohort_into_the_same_folder_is_refused(tiny_cohort, tmp_path, c
 
 def test_a_full_disk_says_so_and_keeps_the_earlier_results(tiny_cohort, tmp_path, capsys, fake_training,
                                                             monkeypatch):
-    from grid.run import main
+    from miracl_grid.grid.run import main
 
     sweep = tmp_path / "lambda_cons"
     assert main(_arguments(tiny_cohort, tmp_path, "--seeds", "30")) == 0
@@ -120,7 +120,7 @@ def test_a_full_disk_says_so_and_keeps_the_earlier_results(tiny_cohort, tmp_path
     def full(filesystem, path, payload):
         raise OSError(errno.ENOSPC, "No space left on device", path)
 
-    monkeypatch.setattr("grid.results.write_atomically", full)
+    monkeypatch.setattr("miracl_grid.grid.results.write_atomically", full)
     capsys.readouterr()
     assert main(_arguments(tiny_cohort, tmp_path, "--seeds", "30,40")) == 1
     error = capsys.readouterr().err

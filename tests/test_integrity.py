@@ -1,7 +1,7 @@
 """Fault injection on a materialised cohort: nothing on disk is trusted as it lies (issue 11).
 
 Each test damages a good cohort the way a user, a disk or a second process could, and checks
-that loading (`CohortData`, what every trial start runs), ``python -m data.prepare --verify`` and a
+that loading (`CohortData`, what every trial start runs), ``python -m miracl_grid.data.prepare --verify`` and a
 re-run of ``prepare`` notice it and name the file. "Resealed" cases also rewrite the manifest's
 file records and digest with the production functions (`file_record`, `manifest_digest`), as a
 careless tool would: then the content checks (derived fields, patient-wise split) must still hold.
@@ -21,14 +21,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import data.checksums as checksums_module
-import data.materialise as materialise_module
-from data.checksums import file_record
-from data.dataset import CohortData
-from data.errors import CohortError
-from data.locking import LOCK_FILE, _process_start, exclusive_writer
-from data.materialise import MANIFEST_DIGEST, derived_fields, load_manifest, manifest_digest
-from data.prepare import main, prepare_cohort
+import miracl_grid.data.checksums as checksums_module
+import miracl_grid.data.materialise as materialise_module
+from miracl_grid.data.checksums import file_record
+from miracl_grid.data.dataset import CohortData
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.locking import LOCK_FILE, _process_start, exclusive_writer
+from miracl_grid.data.materialise import MANIFEST_DIGEST, derived_fields, load_manifest, manifest_digest
+from miracl_grid.data.prepare import main, prepare_cohort
 from fake_text import make_fake_text_features
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -246,7 +246,7 @@ def test_a_cohort_of_the_old_format_is_refused_with_the_remedy(cohort):
     manifest["format_version"] = 1
     del manifest["files"]
     (cohort / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CohortError, match="'format_version': expected 2, found 1; re-run `python -m data.prepare`"):
+    with pytest.raises(CohortError, match="'format_version': expected 2, found 1; re-run `python -m miracl_grid.data.prepare`"):
         load_manifest(cohort)
 
 
@@ -255,7 +255,7 @@ def test_prepare_over_damaged_arrays_rewrites_them_and_says_so(tmp_path, fake_en
     out = prepare_cohort("synthetic", tmp_path / "c", **PREPARE)
     labels = np.load(out / "labels.npy")
     np.save(out / "labels.npy", (1 - labels).astype(np.uint8))
-    with caplog.at_level(logging.WARNING, logger="data.materialise"):
+    with caplog.at_level(logging.WARNING, logger="miracl_grid.data.materialise"):
         prepare_cohort("synthetic", out, **PREPARE)
     assert any(str(out / "labels.npy") in record.getMessage() and "writing the cohort anew" in record.getMessage()
                for record in caplog.records)
@@ -270,7 +270,7 @@ def test_prepare_over_an_edited_manifest_rewrites_the_cohort(tmp_path, fake_enco
     good = manifest["l_avg_train"]
     manifest["l_avg_train"] = 5.0
     (out / "manifest.json").write_text(json.dumps(manifest))
-    with caplog.at_level(logging.WARNING, logger="data.materialise"):
+    with caplog.at_level(logging.WARNING, logger="miracl_grid.data.materialise"):
         prepare_cohort("synthetic", out, **PREPARE)
     assert any("manifest_sha256" in record.getMessage() for record in caplog.records)
     assert manifest_of(out)["reused"]["cohort"] is False and manifest_of(out)["l_avg_train"] == good
@@ -281,7 +281,7 @@ def test_prepare_over_damaged_text_features_recomputes_only_them(tmp_path, fake_
     offsets = text_dir(out) / "token_offsets.npy"
     offsets.write_bytes(offsets.read_bytes()[:-8])
     stamp = (out / "series_values.npy").stat().st_mtime_ns
-    with caplog.at_level(logging.WARNING, logger="data.materialise"):
+    with caplog.at_level(logging.WARNING, logger="miracl_grid.data.materialise"):
         prepare_cohort("synthetic", out, **PREPARE)
     assert any(str(offsets) in record.getMessage() and "removing these text features" in record.getMessage()
                for record in caplog.records)
@@ -295,7 +295,7 @@ def test_prepare_removes_text_features_the_manifest_does_not_record(tmp_path, fa
     out = prepare_cohort("synthetic", tmp_path / "c", **PREPARE)
     stray = out / "text" / "stray-key"
     shutil.copytree(text_dir(out), stray)
-    with caplog.at_level(logging.WARNING, logger="data.materialise"):
+    with caplog.at_level(logging.WARNING, logger="miracl_grid.data.materialise"):
         prepare_cohort("synthetic", out, **PREPARE)
     assert not stray.exists()
     assert any("stray-key: not recorded" in record.getMessage() for record in caplog.records)
@@ -304,7 +304,7 @@ def test_prepare_removes_text_features_the_manifest_does_not_record(tmp_path, fa
 # --------------------------------------------------------------------------- one writer
 HOLD_LOCK = """
 import sys
-from data.locking import exclusive_writer
+from miracl_grid.data.locking import exclusive_writer
 with exclusive_writer(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()
@@ -344,7 +344,7 @@ def test_a_stale_lock_of_this_host_is_taken_over(tmp_path, fake_encoder, caplog,
     pid, started = (dead_pid(), None) if owner == "dead" else (os.getpid(), _process_start(os.getpid()) - 1)
     (out / LOCK_FILE).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "process_start": started,
                                              "since": "2026-01-01T00:00:00Z"}))
-    with caplog.at_level(logging.WARNING, logger="data.locking"):
+    with caplog.at_level(logging.WARNING, logger="miracl_grid.data.locking"):
         prepare_cohort("synthetic", out, **PREPARE)
     assert any(f"removing the stale lock of pid {pid}" in record.getMessage() for record in caplog.records)
     assert not (out / LOCK_FILE).exists()

@@ -2,7 +2,7 @@
 correction blind to clean labels, the test split never trained on.
 
 (a) no patient in both splits: the materialised embedded cohort (source split kept) and a MIMIC-IV
-    layout whose split `data.split` assigns, read back from stays.parquet;
+    layout whose split `miracl_grid.data.split` assigns, read back from stays.parquet;
 (b) noise is injected into exactly the train rows' labels, and the test labels (on disk and in
     evaluation) are the clean ones, byte for byte;
 (c) for every noise model the flip mask is exactly the label difference;
@@ -25,13 +25,13 @@ import pandas as pd
 import pytest
 import torch
 
-import trainables.loop as loop_module
-from data.noise import NOISE_MODELS, NoiseResult, apply_noise
-from data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER
-from trainables.config import TrialConfig
-from trainables.methods import METHODS, build_method
-from trainables.metrics import correction_diagnostics
-from trainables.statistics import PairStatistics
+import miracl_grid.trainables.loop as loop_module
+from miracl_grid.data.noise import NOISE_MODELS, NoiseResult, apply_noise
+from miracl_grid.data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER
+from miracl_grid.trainables.config import TrialConfig
+from miracl_grid.trainables.methods import METHODS, build_method
+from miracl_grid.trainables.metrics import correction_diagnostics
+from miracl_grid.trainables.statistics import PairStatistics
 
 TRIAL = dict(epochs=1, warmup_epochs=0, batch_size=16, hidden_size=16, fusion_layers=1, fusion_heads=2,
              num_experts=2, top_k_experts=1, max_note_tokens=16, max_series_bins=12, seed=5,
@@ -42,7 +42,7 @@ CLEAN_LABEL_NAMES = re.compile(r"clean|truth|true_label|gold", re.IGNORECASE)
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
     """The embedded (synthetic, mimic3-benchmarks layout) cohort, 40 patients, materialised once."""
-    from data.prepare import prepare_cohort
+    from miracl_grid.data.prepare import prepare_cohort
 
     return prepare_cohort("synthetic", tmp_path_factory.mktemp("leakage_cohort"), patients=40, hours=12,
                           max_tokens=16, max_bins=12, progress=False)
@@ -108,7 +108,7 @@ def write_mimic4_listfile(folder: Path, stays_per_patient: list[int]) -> tuple[P
 
 
 def test_mimic4_cohort_split_by_data_split_keeps_patients_on_one_side(tmp_path):
-    from data.prepare import prepare_cohort
+    from miracl_grid.data.prepare import prepare_cohort
 
     stays_per_patient = [3, 1, 2, 4, 1, 2, 3, 1, 2, 2, 1, 3]
     listfile, patient_of = write_mimic4_listfile(tmp_path / "mimic4", stays_per_patient)
@@ -247,8 +247,8 @@ def test_a_run_depends_on_clean_train_labels_only_through_the_observed_labels(co
     Every batch carries the clean labels (``batch['labels']``); if a backbone or method read them,
     losses, corrected-set sizes or test scores would differ.
     """
-    from data.materialise import materialise
-    from data.readers import read_mimic3_phenotyping
+    from miracl_grid.data.materialise import materialise
+    from miracl_grid.data.readers import read_mimic3_phenotyping
 
     train_rows, _ = split_rows(cohort)
     labels = np.load(cohort / "labels.npy")

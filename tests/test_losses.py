@@ -1,4 +1,4 @@
-"""Tests of trainables.losses: hand-computed values, closed-form gradients, limits, stability,
+"""Tests of miracl_grid.trainables.losses: hand-computed values, closed-form gradients, limits, stability,
 MLLSC correction and Multi-T estimation on synthetic noise with known flip rates."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables.config import TrialConfig
-from trainables.losses import (
+from miracl_grid.trainables.config import TrialConfig
+from miracl_grid.trainables.losses import (
     PAIR_LOSSES,
     MultiTransition,
     asymmetric_loss,

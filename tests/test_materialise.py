@@ -5,11 +5,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import data.materialise as materialise_module
-from data.cohort import Cohort
-from data.errors import CohortError
-from data.materialise import load_manifest, materialise
-from data.schema import VARIABLE_NAMES, channel_names
+import miracl_grid.data.materialise as materialise_module
+from miracl_grid.data.cohort import Cohort
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.materialise import load_manifest, materialise
+from miracl_grid.data.schema import VARIABLE_NAMES, channel_names
 from fake_text import make_fake_text_features
 
 NAMES = channel_names()

@@ -6,9 +6,9 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, f1_score
 
-from trainables import correction
-from trainables.gmm import CLEAN, NOISY, UNCERTAIN
-from trainables.metrics import CORRECTION_METRIC_NAMES, classification_metrics, correction_diagnostics
+from miracl_grid.trainables import correction
+from miracl_grid.trainables.gmm import CLEAN, NOISY, UNCERTAIN
+from miracl_grid.trainables.metrics import CORRECTION_METRIC_NAMES, classification_metrics, correction_diagnostics
 
 
 def test_hand_computed_case():

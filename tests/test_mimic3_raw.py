@@ -1,7 +1,7 @@
-"""Raw MIMIC-III tables -> phenotyping cohort (data.mimic3_raw) on small hand-written tables.
+"""Raw MIMIC-III tables -> phenotyping cohort (miracl_grid.data.mimic3_raw) on small hand-written tables.
 
 Every expectation below is worked out by hand from the mimic3-benchmarks rules listed in
-`data.mimic3_raw.stays` / `data.mimic3_raw.series` (stay filters, validation, cleaning, the
+`miracl_grid.data.mimic3_raw.stays` / `miracl_grid.data.mimic3_raw.series` (stay filters, validation, cleaning, the
 largest value at one CHARTTIME, the ICU window, period lengths, labels, the testset split).
 """
 from __future__ import annotations
@@ -14,13 +14,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import data.materialise as materialise_module
-from data.errors import CohortError
-from data.materialise import load_manifest
-from data.mimic3_raw import read_mimic3_raw
-from data.prepare import main, parse_source
-from data.mimic3_raw.reader import period_lengths
-from data.schema import PHENOTYPE_LABELS, VARIABLE_NAMES
+import miracl_grid.data.materialise as materialise_module
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.materialise import load_manifest
+from miracl_grid.data.mimic3_raw import read_mimic3_raw
+from miracl_grid.data.prepare import main, parse_source
+from miracl_grid.data.mimic3_raw.reader import period_lengths
+from miracl_grid.data.schema import PHENOTYPE_LABELS, VARIABLE_NAMES
 from fake_text import make_fake_text_features
 
 # subjects: 1 (not in testset.csv -> train), 4 and 6 (testset flag 1 -> test), 2, 3, 5, 7, 8, 9 (train)

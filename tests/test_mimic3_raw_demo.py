@@ -2,8 +2,8 @@
 
 ``DEMO/raw/`` is the MIMIC-III Clinical Database Demo v1.4 and
 ``DEMO/mimic3-benchmarks-output/phenotyping/`` what mimic3-benchmarks' five
-scripts make of it. The cohort `data.mimic3_raw.read_mimic3_raw` builds from the former must
-equal the one `data.readers.read_mimic3_phenotyping` reads from the latter: stays, splits,
+scripts make of it. The cohort `miracl_grid.data.mimic3_raw.read_mimic3_raw` builds from the former must
+equal the one `miracl_grid.data.readers.read_mimic3_phenotyping` reads from the latter: stays, splits,
 labels, period lengths, every series row (Hours and values) and every discretised cell.
 DEMO is found by `tests/mimic3_demo.py` (``$MIMIC3_DEMO_DIR`` or a ``shared/data/mimic3-demo`` folder
 beside the checkout); the test skips, saying so, when the data is not there.
@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.discretise import discretise
-from data.mimic3_raw import read_mimic3_raw
-from data.readers import read_mimic3_phenotyping
-from data.schema import VARIABLES
+from miracl_grid.data.discretise import discretise
+from miracl_grid.data.mimic3_raw import read_mimic3_raw
+from miracl_grid.data.readers import read_mimic3_phenotyping
+from miracl_grid.data.schema import VARIABLES
 from mimic3_demo import mimic3_demo
 
 pytestmark = pytest.mark.slow

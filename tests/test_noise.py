@@ -1,4 +1,4 @@
-"""Tests of data.noise (METHOD §2): invariants (hypothesis) and rates (binomial CIs, scipy)."""
+"""Tests of miracl_grid.data.noise (METHOD §2): invariants (hypothesis) and rates (binomial CIs, scipy)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from data.noise import NOISE_MODELS, NoiseError, apply_noise, balanced_rho_neg
+from miracl_grid.data.noise import NOISE_MODELS, NoiseError, apply_noise, balanced_rho_neg
 
 CONFIDENCE = 0.999
 
@@ -272,5 +272,5 @@ def test_bad_rates_models_and_seeds_are_named():
 
 
 def test_model_names_match_the_trial_config():
-    from trainables.config import NOISE_MODELS as CONFIG_NOISE_MODELS
+    from miracl_grid.trainables.config import NOISE_MODELS as CONFIG_NOISE_MODELS
     assert NOISE_MODELS == CONFIG_NOISE_MODELS

@@ -1,4 +1,4 @@
-"""MIMIC-III notes per ICU stay from NOTEEVENTS-layout files (data.noteevents) and the mimic3 reader's use of them."""
+"""MIMIC-III notes per ICU stay from NOTEEVENTS-layout files (miracl_grid.data.noteevents) and the mimic3 reader's use of them."""
 from __future__ import annotations
 
 import csv
@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import data.materialise as materialise_module
-from data.errors import CohortError
-from data.noteevents import NoteRule
-from data.prepare import main
-from data.readers import read_mimic3_phenotyping
-from data.schema import PHENOTYPE_LABELS
+import miracl_grid.data.materialise as materialise_module
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.noteevents import NoteRule
+from miracl_grid.data.prepare import main
+from miracl_grid.data.readers import read_mimic3_phenotyping
+from miracl_grid.data.schema import PHENOTYPE_LABELS
 from fake_text import make_fake_text_features
 from test_readers import PERIOD, SERIES, write_mimic3
 
@@ -210,7 +210,7 @@ def test_cli_noteevents_flags_reach_the_cohort(tmp_path, monkeypatch, capsys):
                                                                    "categories": None}
     assert manifest["missingness"]["all"]["without_note"] == 3
     capsys.readouterr()
-    for value in ("nan", "4_8", " 48"):  # the number grammar of data.numbers
+    for value in ("nan", "4_8", " 48"):  # the number grammar of miracl_grid.data.numbers
         assert main(arguments[:-2] + ["--note-window-hours", value]) == 2
         assert f"--note-window-hours {value!r}: expected hours > 0 or 'stay'" in capsys.readouterr().err
     assert main(arguments[:-2] + ["--note-window-hours", "-3"]) == 2
@@ -233,7 +233,7 @@ def test_demo_benchmark_stays_match_one_icu_stay_each_and_get_their_notes(tmp_pa
     stay, and those stays obey the benchmark's own rules (no transfer, one ICU stay per admission, episode
     order). The demo ships NOTEEVENTS without rows, so notes are written in its layout at the real times."""
     from mimic3_demo import mimic3_demo
-    from data.noteevents import read_icustays, stay_times
+    from miracl_grid.data.noteevents import read_icustays, stay_times
 
     demo = mimic3_demo()
     root = demo / "mimic3-benchmarks-output" / "phenotyping"
@@ -272,7 +272,7 @@ def test_demo_benchmark_stays_match_one_icu_stay_each_and_get_their_notes(tmp_pa
 @pytest.mark.parametrize("rule", [NoteRule(), NoteRule(window_hours=None, max_notes=None)], ids=["default", "all"])
 def test_chunked_reading_selects_the_same_notes(tmp_path, rule):
     """Streaming NOTEEVENTS in chunks of 3 rows (first notes kept per chunk) = one chunk."""
-    from data.noteevents import stay_notes_from_noteevents, stay_times
+    from miracl_grid.data.noteevents import stay_notes_from_noteevents, stay_times
 
     root = write_root(tmp_path)
     plain = read_mimic3_phenotyping(root)

@@ -1,13 +1,13 @@
-"""The one numeric-cell grammar (data.numbers) and its use by every reader."""
+"""The one numeric-cell grammar (miracl_grid.data.numbers) and its use by every reader."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from data.errors import CohortError
-from data.numbers import parse_integers, parse_numbers
-from data.readers import read_mimic3_phenotyping
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.numbers import parse_integers, parse_numbers
+from miracl_grid.data.readers import read_mimic3_phenotyping
 from series_layout import series_line
 
 ACCEPTED = {"0": 0.0, "12": 12.0, "-2.5": -2.5, "+3": 3.0, ".5": 0.5, "5.": 5.0, "1e3": 1000.0, "1.5E-2": 0.015,

@@ -1,4 +1,4 @@
-"""`python -m data.prepare` / `prepare_cohort`: sources, exit codes, logging, end to end."""
+"""`python -m miracl_grid.data.prepare` / `prepare_cohort`: sources, exit codes, logging, end to end."""
 from __future__ import annotations
 
 import logging
@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import data.materialise as materialise_module
-from data.dataset import CohortData, CohortDataset, collate
-from data.errors import CohortError
-from data.materialise import load_manifest
-from data.prepare import main, parse_source, prepare_cohort
-from data.schema import DIAGNOSIS_LABELS, TIMESERIES_HEADER
+import miracl_grid.data.materialise as materialise_module
+from miracl_grid.data.dataset import CohortData, CohortDataset, collate
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.materialise import load_manifest
+from miracl_grid.data.prepare import main, parse_source, prepare_cohort
+from miracl_grid.data.schema import DIAGNOSIS_LABELS, TIMESERIES_HEADER
 from fake_text import make_fake_text_features
 
 @pytest.fixture
@@ -88,17 +88,17 @@ def test_prepare_mimic4_assigns_a_patient_split(tmp_path, fake_encoder):
 def test_cli_synthetic_logs_stages_and_reuse(tmp_path, caplog, capsys, fake_encoder):
     arguments = ["--source", "synthetic", "--out", str(tmp_path / "c"), "--patients", "12", "--hours", "8",
                  "--max-tokens", "16", "--quiet"]
-    with caplog.at_level(logging.INFO, logger="data.prepare"):
+    with caplog.at_level(logging.INFO, logger="miracl_grid.data.prepare"):
         assert main(arguments) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "c")
-    messages = [r.getMessage() for r in caplog.records if r.name == "data.prepare"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "miracl_grid.data.prepare"]
     for stage in ("generate", "read", "discretise", "write", "text"):
         assert any(m.startswith(f"stage {stage}: ") and m.endswith(" s") for m in messages), stage
     assert any(m.startswith("encoded ") and " notes in " in m for m in messages)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="data.prepare"):
+    with caplog.at_level(logging.INFO, logger="miracl_grid.data.prepare"):
         assert main(arguments) == 0
-    messages = [r.getMessage() for r in caplog.records if r.name == "data.prepare"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "miracl_grid.data.prepare"]
     assert "text features fake-16 reused" in messages
     manifest = load_manifest(tmp_path / "c")
     assert manifest["reused"] == {"cohort": True, "text": True}

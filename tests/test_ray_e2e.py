@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 
 
 def _fit(cohort, storage, name, workers, trial=None, fail_once=None):
-    from trainables.config import TrialConfig
-    from trainables.train import build_trainer
+    from miracl_grid.trainables.config import TrialConfig
+    from miracl_grid.trainables.train import build_trainer
 
     config = TrialConfig.from_dict({**TINY, "rho_pos": 0.4, "rho_neg": 0.4, "dropout": 0.0,
                                     "noisy_gating": False, **(trial or {})})
@@ -37,14 +37,14 @@ def _fit(cohort, storage, name, workers, trial=None, fail_once=None):
 def _final_metrics(storage, name) -> dict:
     """The trial's last-epoch metrics, from its newest checkpoint's history (Ray Train V2's
     Result.metrics only carries metrics reported with a Ray Train checkpoint; ours are our own)."""
-    from trainables.checkpoints import CheckpointStore
+    from miracl_grid.trainables.checkpoints import CheckpointStore
 
     return CheckpointStore(str(storage / name / "checkpoints")).history()[-1]
 
 
 def _state(storage, name, epoch):
-    from trainables.checkpoints import CheckpointStore
-    from trainables.loop import load_training_state
+    from miracl_grid.trainables.checkpoints import CheckpointStore
+    from miracl_grid.trainables.loop import load_training_state
 
     store = CheckpointStore(str(storage / name / "checkpoints"))
     checkpoint = next(c for c in store.checkpoints() if c.epoch == epoch)
@@ -91,7 +91,7 @@ def _grid_arguments(cohort, storage, *extra, epochs=TINY["epochs"]):
 
 @pytest.mark.ci
 def test_grid_two_trials_with_two_ddp_workers(ray_session, tiny_cohort, tmp_path, capsys):
-    from grid.run import main
+    from miracl_grid.grid.run import main
 
     assert main(_grid_arguments(tiny_cohort, tmp_path, "--workers-per-trial", "2")) == 0
     experiment = tmp_path / "lambda_cons"
@@ -135,7 +135,7 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning(ray_session, tiny_coh
     """The driver dies (SIGKILL) with one trial finished and one part-way; `--resume` continues
     the unfinished one from the newest checkpoint on storage (whatever Tune had saved) and
     leaves the finished one untouched. bench/soak_resume.py repeats this at random kill points."""
-    from grid.run import main
+    from miracl_grid.grid.run import main
 
     epochs = 30   # tiny epochs take ~0.3 s: a long trial leaves a window to interrupt in
     arguments = _grid_arguments(tiny_cohort, tmp_path, "--max-concurrent", "1", "--no-report", epochs=epochs)
@@ -187,7 +187,7 @@ def _driver(ray_session, arguments):
                          ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_or_sigterm_stop_cleanly_with_results_and_report(ray_session, tiny_cohort, tmp_path,
                                                                 stop_signal, exit_code):
-    from grid.run import main
+    from miracl_grid.grid.run import main
 
     epochs = 30
     arguments = _grid_arguments(tiny_cohort, tmp_path, "--max-concurrent", "1", epochs=epochs)
@@ -226,7 +226,7 @@ def test_ctrl_c_or_sigterm_stop_cleanly_with_results_and_report(ray_session, tin
 
 
 def test_widened_sweep_runs_only_the_new_cells(ray_session, tiny_cohort, tmp_path):
-    from grid.run import main
+    from miracl_grid.grid.run import main
 
     experiment = tmp_path / "lambda_cons"
     assert main(_grid_arguments(tiny_cohort, tmp_path)) == 0
@@ -248,8 +248,8 @@ def test_widened_sweep_runs_only_the_new_cells(ray_session, tiny_cohort, tmp_pat
 @pytest.mark.ci
 def test_every_method_runs_through_the_ddp_grid(ray_session, tiny_cohort, tmp_path):
     """The `main` sweep's ten methods/backbones, two epochs each, each a 2-worker DDP trial."""
-    from grid.run import main
-    from grid.sweeps import COMPARISON_METHODS
+    from miracl_grid.grid.run import main
+    from miracl_grid.grid.sweeps import COMPARISON_METHODS
 
     settings = [item for key, value in {**TINY, "warmup_epochs": 1}.items()
                 for item in ("--set", f"{key}={value}")]

@@ -1,4 +1,4 @@
-"""Readers of the MIMIC-III phenotyping extracts (data.readers) and the FlexCare/MIRACL MIMIC-IV listfiles (data.mimic4)."""
+"""Readers of the MIMIC-III phenotyping extracts (miracl_grid.data.readers) and the FlexCare/MIRACL MIMIC-IV listfiles (miracl_grid.data.mimic4)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.errors import CohortError
-from data.mimic4 import read_mimic4_multimodal
-from data.readers import read_mimic3_phenotyping
-from data.schema import DIAGNOSIS_LABELS, PHENOTYPE_LABELS, TIMESERIES_HEADER
-from data.split import assign_split
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.mimic4 import read_mimic4_multimodal
+from miracl_grid.data.readers import read_mimic3_phenotyping
+from miracl_grid.data.schema import DIAGNOSIS_LABELS, PHENOTYPE_LABELS, TIMESERIES_HEADER
+from miracl_grid.data.split import assign_split
 from series_layout import series_line
 
 HEADER = ",".join(TIMESERIES_HEADER)
@@ -200,7 +200,7 @@ def test_read_mimic3_drop_bad_stays_records_reason_and_renumbers(tmp_path):
 
 def test_read_series_in_large_and_quoted_files(tmp_path, monkeypatch):
     """The chunked fast path and the per-file path (quoted cells) agree; chunks split anywhere."""
-    import data.readers as readers
+    import miracl_grid.data.readers as readers
     root = write_mimic3(tmp_path)
     write_series(root / "train" / "11_episode1_timeseries.csv",
                  [series_line("0.25", Capillary_refill_rate="1.0"), series_line("0.25", Temperature='"37.5"'),

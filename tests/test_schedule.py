@@ -1,11 +1,11 @@
-"""Tests of trainables.schedule (Appendix A.4/A.5.1, Eqs. 10–11, METHOD §6)."""
+"""Tests of miracl_grid.trainables.schedule (Appendix A.4/A.5.1, Eqs. 10–11, METHOD §6)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trainables.config import TrialConfig
-from trainables.schedule import (CorrectionSchedule, ScheduleError, beta, correction_active, first_corrected_epoch,
+from miracl_grid.trainables.config import TrialConfig
+from miracl_grid.trainables.schedule import (CorrectionSchedule, ScheduleError, beta, correction_active, first_corrected_epoch,
                                  is_warmup, selection_due, set_weight_decay, weight_decay)
 
 

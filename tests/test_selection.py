@@ -1,4 +1,4 @@
-"""Tests of trainables.selection (METHOD §3, Eq. 2): oriented rank, group normalisation, Z̃."""
+"""Tests of miracl_grid.trainables.selection (METHOD §3, Eq. 2): oriented rank, group normalisation, Z̃."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import rankdata
 
-from trainables.selection import (SelectionError, group_class, group_ids, group_label, group_normalise,
+from miracl_grid.trainables.selection import (SelectionError, group_class, group_ids, group_label, group_normalise,
                                   label_ranks, oriented_rank, selection_metric)
 
 

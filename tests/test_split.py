@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.cohort import Cohort, empty_events
-from data.errors import CohortError
-from data.split import assert_no_patient_crosses, assign_split, patient_split
+from miracl_grid.data.cohort import Cohort, empty_events
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.split import assert_no_patient_crosses, assign_split, patient_split
 
 
 def make_cohort(patients, split=None) -> Cohort:

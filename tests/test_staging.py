@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.dataset import CohortData, CohortDataset
-from data.errors import CohortError
-from data.staging import STAGED, stage_cohort
+from miracl_grid.data.dataset import CohortData, CohortDataset
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.staging import STAGED, stage_cohort
 
 
 def _key(cohort: Path) -> str:

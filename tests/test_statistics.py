@@ -1,4 +1,4 @@
-"""Tests of trainables.statistics (METHOD §3, Eq. 1): bit history, difficulty, gather, resume."""
+"""Tests of miracl_grid.trainables.statistics (METHOD §3, Eq. 1): bit history, difficulty, gather, resume."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as distributed
 
 from gloo import run_on_gloo
-from trainables.statistics import (MAX_EPOCHS, PairStatistics, StatisticsError, distributed_all_gather,
+from miracl_grid.trainables.statistics import (MAX_EPOCHS, PairStatistics, StatisticsError, distributed_all_gather,
                                    history_difficulty)
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 
-from grid.presets import PRESETS, preset_runtime, preset_trial_defaults
-from grid.sweeps import (COMPARISON_METHODS, SWEEPS, NoiseSetting, SweepError, Trial, describe_sweeps,
+from miracl_grid.grid.presets import PRESETS, preset_runtime, preset_trial_defaults
+from miracl_grid.grid.sweeps import (COMPARISON_METHODS, SWEEPS, NoiseSetting, SweepError, Trial, describe_sweeps,
                          expand_sweep, format_trials, parse_noise_setting, parse_noise_settings,
                          parse_set_arguments)
-from trainables.config import ConfigError, TrialConfig
+from miracl_grid.trainables.config import ConfigError, TrialConfig
 
 L_AVG = 4.575          # MIMIC-IV PHE (METHOD §10, Table 5)
 NUM_LABELS = 25

@@ -1,4 +1,4 @@
-"""Tests of data.synthetic: file layout (METHOD §9/§10 mimic3-benchmarks phenotyping format),
+"""Tests of miracl_grid.data.synthetic: file layout (METHOD §9/§10 mimic3-benchmarks phenotyping format),
 patient split (METHOD §1), label structure, physiology and note evidence as documented in the
 module docstring. Every expectation is computed here from the files on disk with pandas."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LinearRegression
 
-from data.schema import PHENOTYPE_LABELS, VARIABLE_NAMES, VARIABLES
-from data.synthetic import generate_synthetic_cohort
+from miracl_grid.data.schema import PHENOTYPE_LABELS, VARIABLE_NAMES, VARIABLES
+from miracl_grid.data.synthetic import generate_synthetic_cohort
 
 SMALL = {"num_patients": 150, "max_hours": 24, "seed": 7}
 MODERATE = {"num_patients": 600, "max_hours": 24, "seed": 11}

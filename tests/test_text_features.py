@@ -1,4 +1,4 @@
-"""Tests of data.text_features (METHOD §11): frozen MiniLM token features and their cache."""
+"""Tests of miracl_grid.data.text_features (METHOD §11): frozen MiniLM token features and their cache."""
 from __future__ import annotations
 
 import importlib.metadata
@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import text_features as tf
-from data.text_features import (DEFAULT_ENCODER, TextFeatureError, encode_label_names, encode_notes,
+from miracl_grid.data import text_features as tf
+from miracl_grid.data.text_features import (DEFAULT_ENCODER, TextFeatureError, encode_label_names, encode_notes,
                                 ensure_text_features, feature_key, load_text_features,
                                 resolve_encoder)
 
@@ -186,7 +186,7 @@ def test_cache_is_written_then_reused_without_the_model(tmp_path, monkeypatch, c
         raise AssertionError("the encoder must not be loaded when the cache is reused")
 
     monkeypatch.setattr(tf, "load_encoder", no_model)
-    with caplog.at_level(logging.INFO, logger="data.text_features"):
+    with caplog.at_level(logging.INFO, logger="miracl_grid.data.text_features"):
         second = ensure_text_features(tmp_path, CACHE_NOTES, label_names=LABELS, progress=False)
     assert second.reused and second.key == first.key
     assert f"reusing text features {first.key}" in caplog.text

@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow.fs
 
 COMPLETE_MARKER = "COMPLETE"
-HISTORY_FILE = "history.json"      # trainables.loop writes it into every checkpoint
+HISTORY_FILE = "history.json"      # miracl_grid.trainables.loop writes it into every checkpoint
 DEFAULT_KEEP = 2
 _FOLDER = re.compile(r"^epoch_(\d{6})$")
 

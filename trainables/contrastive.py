@@ -9,7 +9,7 @@ patient's other stays), the denominator runs over all k ≠ a, sim = cosine / τ
     L   = (1/A) Σ_{a : |P(a)|>0} ℓ_a,   A = #anchors with |P(a)| > 0   (0 with grad if A = 0).
 
 DDP (``gather`` given, an autograd-aware all-gather such as
-`trainables.distributed.autograd_all_gather`): every rank gathers all ranks' embeddings,
+`miracl_grid.trainables.distributed.autograd_all_gather`): every rank gathers all ranks' embeddings,
 masks and patient ids (padded to the largest local batch), uses its OWN rows as anchors
 against ALL global rows, and returns
 

@@ -2,7 +2,7 @@
 
 The method only ever sees the *observed* (noisy) labels ỹ, the model probabilities p, the
 selection metric Z̃ and the GMM partition. The evaluation of a correction against the clean
-labels (`trainables.metrics.correction_diagnostics`) lives with the other metrics, outside
+labels (`miracl_grid.trainables.metrics.correction_diagnostics`) lives with the other metrics, outside
 the method.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from trainables.gmm import NOISY, UNCERTAIN
+from miracl_grid.trainables.gmm import NOISY, UNCERTAIN
 
 EPSILON = 1e-6
 COOCCURRENCE_DENOMINATORS = ("off_diagonal", "all_labels")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from trainables.gmm import CLEAN, NOISY, UNCERTAIN
+from miracl_grid.trainables.gmm import CLEAN, NOISY, UNCERTAIN
 
 CLASS_SUFFIXES = {1: "pos", 0: "neg"}          # observed class -> column suffix
 SIGNALS = ("rank", "difficulty_durations", "difficulty_events", "bce", "z_tilde")

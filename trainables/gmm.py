@@ -1,7 +1,7 @@
 """Class-wise two-component 1-D GMMs of MIRACL's selection (paper Eq. 3; METHOD §4).
 
 One GMM per group g = (label l, observed class c) (G = 2L groups, ids from
-`trainables.selection.group_ids`), all fitted by ONE batched, vectorised EM in torch
+`miracl_grid.trainables.selection.group_ids`), all fitted by ONE batched, vectorised EM in torch
 float64 over ragged groups (per-group sums via ``index_add_`` over group ids).
 
 The EM follows scikit-learn's ``GaussianMixture(n_components=2)`` (the reference the tests

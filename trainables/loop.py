@@ -4,14 +4,14 @@
 which is also callable in a plain process (tests, debugging) with a `report` function.
 
 Per epoch, identically on every rank:
-  1. train on this rank's shard of every global batch (`trainables.batching`), recording
+  1. train on this rank's shard of every global batch (`miracl_grid.trainables.batching`), recording
      per-pair probabilities into `PairStatistics` (METHOD §3) — or, with
      ``selection_pass="eval"``, record them afterwards from an eval-mode, no-grad pass over the
      whole train split (the model as it ends the epoch: no dropout, no noisy gating);
   2. gather the statistics by instance index onto every rank, close the epoch's bits;
   3. let the method update its state (MIRACL: selection, batched GMMs, correction — §3–§5);
   4. compute correction and mechanism diagnostics *outside* the method, against the clean
-     labels it never sees (§8; `trainables.diagnostics`), evaluate on the clean test split,
+     labels it never sees (§8; `miracl_grid.trainables.diagnostics`), evaluate on the clean test split,
      step the cosine schedule;
   5. report one metrics dict (+ a checkpoint that resumes bit-for-bit: model, optimiser,
      scheduler, method state, statistics history; RNG streams are re-derived from
@@ -20,8 +20,8 @@ Per epoch, identically on every rank:
 `loop_config` keys: ``trial`` (flat TrialConfig dict), ``cohort_dir``, optional
 ``artifact_dir`` (selection artifacts, rank 0 writes), ``checkpoint_root`` (the trial's
 `CheckpointStore`, for `run_with_store`/`train_loop_per_worker`), ``use_gpu`` (the trial
-reserved GPUs: train on this worker's GPU, `trainables.devices`), ``node_local_cache`` (a folder
-on the worker's node: read a copy of the cohort staged there, `data.staging`), ``fail_once``
+reserved GPUs: train on this worker's GPU, `miracl_grid.trainables.devices`), ``node_local_cache`` (a folder
+on the worker's node: read a copy of the cohort staged there, `miracl_grid.data.staging`), ``fail_once``
 ({epoch, rank, marker[, action]}: test hook, once per marker: that worker exits, or with action
 "hold" stops there until its node is killed), ``threads`` (torch intra-op threads).
 """
@@ -40,21 +40,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from data.dataset import CohortData, CohortDataset, collate
-from data.noise import apply_noise
-from data.staging import stage_cohort
-from trainables import distributed
-from trainables.backbones import BACKBONES, build_backbone
-from trainables.batching import epoch_batches, shard, shard_weight
-from trainables.checkpoints import HISTORY_FILE, CheckpointStore
-from trainables.config import TrialConfig
-from trainables.devices import loader_options, worker_device
-from trainables.diagnostics import (class_selection_metrics, correction_error_metrics, memorisation_metrics,
+from miracl_grid.data.dataset import CohortData, CohortDataset, collate
+from miracl_grid.data.noise import apply_noise
+from miracl_grid.data.staging import stage_cohort
+from miracl_grid.trainables import distributed
+from miracl_grid.trainables.backbones import BACKBONES, build_backbone
+from miracl_grid.trainables.batching import epoch_batches, shard, shard_weight
+from miracl_grid.trainables.checkpoints import HISTORY_FILE, CheckpointStore
+from miracl_grid.trainables.config import TrialConfig
+from miracl_grid.trainables.devices import loader_options, worker_device
+from miracl_grid.trainables.diagnostics import (class_selection_metrics, correction_error_metrics, memorisation_metrics,
                                     same_patient_share, selection_signal_aucs)
-from trainables.methods import METHODS, build_method
-from trainables.metrics import classification_metrics, correction_diagnostics
-from trainables.selection import oriented_rank
-from trainables.statistics import PairStatistics
+from miracl_grid.trainables.methods import METHODS, build_method
+from miracl_grid.trainables.metrics import classification_metrics, correction_diagnostics
+from miracl_grid.trainables.selection import oriented_rank
+from miracl_grid.trainables.statistics import PairStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ def run_with_store(loop_config: dict, store: CheckpointStore,
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train V2 entry point. Checkpoints live in the trial's own store
-    (``loop_config["checkpoint_root"]``, `trainables.checkpoints`), so a restarted worker group
+    (``loop_config["checkpoint_root"]``, `miracl_grid.trainables.checkpoints`), so a restarted worker group
     and a resumed trial both continue from the newest complete one found on storage."""
     import ray.train
 
@@ -334,7 +334,7 @@ def _predict(model, dataset: CohortDataset, position_of: torch.Tensor, rank: int
 
 def _mechanism_diagnostics(statistics: PairStatistics, outcome, observed: torch.Tensor, clean: torch.Tensor,
                            flip_mask: torch.Tensor) -> dict[str, float]:
-    """`trainables.diagnostics` over the epoch's statistics and the method's outcome (clean labels
+    """`miracl_grid.trainables.diagnostics` over the epoch's statistics and the method's outcome (clean labels
     and flip mask enter here, outside the method)."""
     predictions = statistics.probabilities
     metrics = memorisation_metrics(predictions, observed, flip_mask)
@@ -367,7 +367,7 @@ def _noise_metrics(noise) -> dict[str, float]:
 
 
 def _write_artifact(artifact_dir: str | None, epoch: int, artifact: dict | None, rank: int) -> str:
-    """Selection artifact (.npz, layout in trainables.methods) written by rank 0; '' if none."""
+    """Selection artifact (.npz, layout in miracl_grid.trainables.methods) written by rank 0; '' if none."""
     if not artifact_dir or artifact is None or rank != 0:
         return ""
     path = Path(artifact_dir) / f"selection_epoch{epoch:03d}.npz"

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from trainables.config import TrialConfig
+    from miracl_grid.trainables.config import TrialConfig
 
 logger = logging.getLogger(__name__)
 

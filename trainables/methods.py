@@ -4,7 +4,7 @@ A method is built from the trial config and the *observed* (noisy) train labels 
 never handed the clean labels, so selection and correction cannot read them; the loop
 computes the correction diagnostics outside (METHOD §1, §8).
 
-Interface used by `trainables.loop`:
+Interface used by `miracl_grid.trainables.loop`:
     configure_epoch(epoch, optimizer)                  before an epoch (e.g. weight decay switch, §6)
     batch_loss(output, batch, positions, epoch) -> LossTerms
         ``local``: means over this rank's pairs (the loop scales them for DDP),
@@ -25,15 +25,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from trainables import losses
-from trainables.backbones.base import BackboneOutput
-from trainables.config import ConfigError, TrialConfig
-from trainables.contrastive import patient_contrastive_loss
-from trainables.correction import correct_labels
-from trainables.gmm import fit_group_mixtures
-from trainables.schedule import beta, correction_active, first_corrected_epoch, selection_due, set_weight_decay
-from trainables.selection import selection_metric
-from trainables.statistics import PairStatistics
+from miracl_grid.trainables import losses
+from miracl_grid.trainables.backbones.base import BackboneOutput
+from miracl_grid.trainables.config import ConfigError, TrialConfig
+from miracl_grid.trainables.contrastive import patient_contrastive_loss
+from miracl_grid.trainables.correction import correct_labels
+from miracl_grid.trainables.gmm import fit_group_mixtures
+from miracl_grid.trainables.schedule import beta, correction_active, first_corrected_epoch, selection_due, set_weight_decay
+from miracl_grid.trainables.selection import selection_metric
+from miracl_grid.trainables.statistics import PairStatistics
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, f1_score
 
-from trainables.gmm import CLEAN, NOISY, UNCERTAIN
+from miracl_grid.trainables.gmm import CLEAN, NOISY, UNCERTAIN
 
 CORRECTION_METRIC_NAMES = (
     "correction/accuracy_corrected",

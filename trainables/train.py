@@ -1,6 +1,6 @@
 """Single-trial entry point: one Ray Train `TorchTrainer` job, last-epoch metrics printed.
 
-    python -m trainables.train --data DIR --epochs N --workers K [--FIELD VALUE ...]
+    python -m miracl_grid.trainables.train --data DIR --epochs N --workers K [--FIELD VALUE ...]
 
 Every `TrialConfig` field is a flag (`--lambda-cons 0.2`, `--method asl`, ...).
 `--list-methods` prints the method and backbone registries.
@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from trainables.config import ConfigError, TrialConfig
+from miracl_grid.trainables.config import ConfigError, TrialConfig
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
@@ -70,13 +70,13 @@ def build_trainer(loop_config: dict, *, workers: int, cpus_per_worker: float = 1
                   gpus_per_worker: float = 0.0, storage_path: str, name: str,
                   max_failures: int = 0, callbacks=None):
     """A TorchTrainer running `train_loop_per_worker`, which checkpoints into (and resumes from)
-    ``loop_config["checkpoint_root"]`` (`trainables.checkpoints`); Ray Train itself gets metrics only.
+    ``loop_config["checkpoint_root"]`` (`miracl_grid.trainables.checkpoints`); Ray Train itself gets metrics only.
     The workers train on their GPU exactly when they reserve one (``use_gpu`` in the loop config).
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from trainables.loop import train_loop_per_worker
+    from miracl_grid.trainables.loop import train_loop_per_worker
 
     return TorchTrainer(
         train_loop_per_worker,
@@ -99,9 +99,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainables.train", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m miracl_grid.trainables.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", help="materialised cohort directory (python -m data.prepare)")
+    parser.add_argument("--data", help="materialised cohort directory (python -m miracl_grid.data.prepare)")
     parser.add_argument("--workers", type=int, default=1, help="DDP workers (Ray Train)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
@@ -117,15 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from trainables.backbones import BACKBONES
-    from trainables.methods import METHODS
+    from miracl_grid.trainables.backbones import BACKBONES
+    from miracl_grid.trainables.methods import METHODS
 
     if args.list_methods:
         print("methods:  ", ", ".join(sorted(METHODS)))
         print("backbones:", ", ".join(sorted(BACKBONES)))
         return 0
     if not args.data:
-        print("error: --data DIR is required (prepare one with `python -m data.prepare`)", file=sys.stderr)
+        print("error: --data DIR is required (prepare one with `python -m miracl_grid.data.prepare`)", file=sys.stderr)
         return 2
     values = {key[len("config_"):]: value for key, value in vars(args).items()
               if key.startswith("config_") and value is not None}
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (cohort / "manifest.json").is_file():
         print(f"error: {cohort}: not a materialised cohort (no manifest.json)", file=sys.stderr)
         return 2
-    from data.dataset import CohortData
-    from data.errors import CohortError
+    from miracl_grid.data.dataset import CohortData
+    from miracl_grid.data.errors import CohortError
 
     try:  # the checks every worker would run (arrays, text key, text meta) fail here, before Ray starts
         CohortData(cohort, text_key=config.text_feature_key or None)
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                             gpus_per_worker=args.gpus_per_worker, storage_path=storage, name=name,
                             max_failures=args.max_failures)
     result = trainer.fit()
-    from trainables.checkpoints import CheckpointStore
+    from miracl_grid.trainables.checkpoints import CheckpointStore
 
     history = CheckpointStore(checkpoint_root).history()    # the trial's own record of every epoch
     metrics = {k: v for k, v in (history[-1] if history else {}).items() if not k.startswith("artifact/")}

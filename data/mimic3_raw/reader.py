@@ -1,11 +1,11 @@
-"""Raw MIMIC-III v1.4 CSV tables -> the phenotyping `data.cohort.Cohort` of mimic3-benchmarks (METHOD §9, §10).
+"""Raw MIMIC-III v1.4 CSV tables -> the phenotyping `miracl_grid.data.cohort.Cohort` of mimic3-benchmarks (METHOD §9, §10).
 
 ``read_mimic3_raw(root)`` builds, straight from ``ROOT/<TABLE>.csv[.gz]``, the cohort that
 mimic3-benchmarks' five scripts (extract_subjects, validate_events, extract_episodes_from_subjects,
-split_train_and_test, create_phenotyping) followed by `data.readers.read_mimic3_phenotyping` give:
+split_train_and_test, create_phenotyping) followed by `miracl_grid.data.readers.read_mimic3_phenotyping` give:
 same stays (named ``<subject>_episode<k>_timeseries.csv``), benchmark train/test split, 25
 phenotype labels, period lengths and series rows. The rules are listed in
-`data.mimic3_raw.stays` and `data.mimic3_raw.series`, with every difference and its count.
+`miracl_grid.data.mimic3_raw.stays` and `miracl_grid.data.mimic3_raw.series`, with every difference and its count.
 
 Engine: DuckDB, not polars, because (a) it streams gzip CSV — PhysioNet's CHARTEVENTS.csv.gz
 is ~4 GB compressed, ~33 GB of text, 330M rows — decompressing on the fly, where polars' CSV
@@ -25,9 +25,9 @@ scans): ``stays`` (cohort stays, labels, split), ``events`` (scan + validation),
 The Cohort's ``stays`` carry, besides the usual columns, ``hadm_id``, ``icustay_id``, ``intime``
 and ``outtime``. Notes, one source at most: ``notes_path`` (a ``stay,text`` table keyed by the
 stay names, as for the mimic3 source), or ``noteevents`` (MIMIC-III NOTEEVENTS, each stay's
-notes selected by `data.noteevents` with ``note_rule`` and the stay's own SUBJECT_ID, HADM_ID,
+notes selected by `miracl_grid.data.noteevents` with ``note_rule`` and the stay's own SUBJECT_ID, HADM_ID,
 INTIME, OUTTIME — no ICUSTAYS matching needed), or none (every note missing).
-Categorical values outside `data.schema` follow ``unknown_categories`` as in the readers
+Categorical values outside `miracl_grid.data.schema` follow ``unknown_categories`` as in the readers
 ("error" raises naming stay, column and value; "missing" blanks and counts them); with
 ``drop_bad_stays`` an unknown category drops the stay with the reason instead of raising.
 """
@@ -44,16 +44,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from data.cohort import Cohort
-from data.errors import CohortError
-from data.mimic3_raw.series import build_events, build_series, build_values, fetch_series, fetch_stays
-from data.mimic3_raw.stays import build_cohort_stays, build_labels, label_matrix
-from data.mimic3_raw.tables import RawTables, sql_string
-from data.noteevents import DEFAULT_NOTE_RULE, NoteRule, stay_notes_from_noteevents
-from data.readers import MAX_EXAMPLE_VALUES, UNKNOWN_CATEGORY_POLICIES
-from data.readers import _notes_for as notes_for_stays  # the mimic3 source's stay,text notes rule
-from data.readers import _read_notes as read_notes_table
-from data.schema import PHENOTYPE_LABELS, VARIABLES
+from miracl_grid.data.cohort import Cohort
+from miracl_grid.data.errors import CohortError
+from miracl_grid.data.mimic3_raw.series import build_events, build_series, build_values, fetch_series, fetch_stays
+from miracl_grid.data.mimic3_raw.stays import build_cohort_stays, build_labels, label_matrix
+from miracl_grid.data.mimic3_raw.tables import RawTables, sql_string
+from miracl_grid.data.noteevents import DEFAULT_NOTE_RULE, NoteRule, stay_notes_from_noteevents
+from miracl_grid.data.readers import MAX_EXAMPLE_VALUES, UNKNOWN_CATEGORY_POLICIES
+from miracl_grid.data.readers import _notes_for as notes_for_stays  # the mimic3 source's stay,text notes rule
+from miracl_grid.data.readers import _read_notes as read_notes_table
+from miracl_grid.data.schema import PHENOTYPE_LABELS, VARIABLES
 
 logger = logging.getLogger(__name__)
 

@@ -44,7 +44,7 @@ countable without running the benchmark: pandas infers the VALUE type per 131,07
 a subject's ``events.csv``, so a chunk of numbers only becomes floats there ("98" -> "98.0",
 numeric instead of text order between same-time values, the plain-decimal test skipped); here
 VALUE is always text. A number is a VALUE that matches the project's one number grammar
-(`data.numbers.NUMBER_GRAMMAR`, which the discretiser also demands), where the benchmark uses
+(`miracl_grid.data.numbers.NUMBER_GRAMMAR`, which the discretiser also demands), where the benchmark uses
 Python's ``float()`` (which also takes " 12", "1_000" or non-ASCII digits): such text counts in
 ``values_not_a_number``. None of these changes a stay of the MIMIC-III demo
 (tests/test_mimic3_raw_demo.py).
@@ -53,10 +53,10 @@ from __future__ import annotations
 
 import duckdb
 
-from data.mimic3_raw.stays import resource_path
-from data.mimic3_raw.tables import EVENT_TABLES, RawTables, run_query, sql_string
-from data.numbers import NUMBER_GRAMMAR
-from data.schema import VARIABLE_NAMES
+from miracl_grid.data.mimic3_raw.stays import resource_path
+from miracl_grid.data.mimic3_raw.tables import EVENT_TABLES, RawTables, run_query, sql_string
+from miracl_grid.data.numbers import NUMBER_GRAMMAR
+from miracl_grid.data.schema import VARIABLE_NAMES
 
 EPSILON = 1e-6  # create_phenotyping's eps
 PANDAS_NA_STRINGS: tuple[str, ...] = (

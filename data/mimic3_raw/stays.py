@@ -16,7 +16,7 @@ order the benchmark's stable sort keeps on ties). Diagnoses: DIAGNOSES_ICD rows 
 ICD9_CODE is in D_ICD_DIAGNOSES (inner join), on the stay's (SUBJECT_ID, HADM_ID). A stay
 with no such row gets no episode label file in the benchmark and is left out of the
 phenotyping task. Label k of a stay is 1 when one of its codes belongs to HCUP CCS 2015 group
-k with ``use_in_benchmark`` (25 groups, alphabetical = `data.schema.PHENOTYPE_LABELS`). A code
+k with ``use_in_benchmark`` (25 groups, alphabetical = `miracl_grid.data.schema.PHENOTYPE_LABELS`). A code
 without a CCS group gives no label and is counted (the benchmark stops with a KeyError there).
 Split: a subject listed with flag 1 in the benchmark's ``testset.csv`` is test, every other
 subject train.
@@ -29,8 +29,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from data.mimic3_raw.tables import RawTables, run_query, sql_string
-from data.schema import PHENOTYPE_LABELS
+from miracl_grid.data.mimic3_raw.tables import RawTables, run_query, sql_string
+from miracl_grid.data.schema import PHENOTYPE_LABELS
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources" / "mimic3_benchmarks"  # package data
 
@@ -139,7 +139,7 @@ def label_matrix(connection: duckdb.DuckDBPyConnection, icustay_ids: np.ndarray)
     pairs = connection.execute("SELECT ICUSTAY_ID, GROUP_NAME FROM stay_labels").fetchdf()
     unknown = sorted(set(pairs["GROUP_NAME"]) - set(PHENOTYPE_LABELS))
     if unknown:  # the resource and the schema disagree: a packaging error, not user input
-        raise ValueError(f"hcup_ccs_2015_codes.csv benchmark groups {unknown} are not in data.schema.PHENOTYPE_LABELS")
+        raise ValueError(f"hcup_ccs_2015_codes.csv benchmark groups {unknown} are not in miracl_grid.data.schema.PHENOTYPE_LABELS")
     row = pd.Index(icustay_ids).get_indexer(pairs["ICUSTAY_ID"].to_numpy())
     column = pd.Index(PHENOTYPE_LABELS).get_indexer(pairs["GROUP_NAME"].to_numpy())
     kept = row >= 0

@@ -2,7 +2,7 @@
 
 A table ``NAME`` is ``ROOT/NAME.csv`` or ``ROOT/NAME.csv.gz`` (PhysioNet ships gzip; DuckDB
 decompresses while it streams). `RawTables.locate` reads each header line first and raises a
-`data.errors.CohortError` naming the table, the file and the missing column(s); column names
+`miracl_grid.data.errors.CohortError` naming the table, the file and the missing column(s); column names
 match case-insensitively. `RawTables.scan` is a ``read_csv(...)`` expression with every column
 named from that header: the columns in `REQUIRED_COLUMNS` get their SQL type (a cell that does
 not parse makes DuckDB stop, and `run_query` turns its message into one naming the table,
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import duckdb
 
-from data.errors import CohortError
+from miracl_grid.data.errors import CohortError
 
 TIMESTAMP, BIGINT, DOUBLE, VARCHAR = "TIMESTAMP", "BIGINT", "DOUBLE", "VARCHAR"
 

@@ -1,7 +1,7 @@
 """Backbone registry (METHOD §11): ``build_backbone(name, config, ...)`` -> nn.Module.
 
-Every backbone's ``forward(batch)`` takes the batch dict of `data.dataset.collate` and returns a
-`trainables.backbones.base.BackboneOutput` (logits B×L, ehr_embedding / note_embedding B×H,
+Every backbone's ``forward(batch)`` takes the batch dict of `miracl_grid.data.dataset.collate` and returns a
+`miracl_grid.trainables.backbones.base.BackboneOutput` (logits B×L, ehr_embedding / note_embedding B×H,
 already-weighted auxiliary_losses, optional unimodal_logits).
 """
 from __future__ import annotations
@@ -11,12 +11,12 @@ import logging
 import torch
 from torch import nn
 
-from trainables.backbones.base import Backbone, BackboneOutput
-from trainables.backbones.cbmlc import CbMLCBackbone
-from trainables.backbones.flexcare import FlexCareBackbone
-from trainables.backbones.m3care import M3CareBackbone
-from trainables.backbones.medfuse import MedFuseBackbone
-from trainables.config import TrialConfig
+from miracl_grid.trainables.backbones.base import Backbone, BackboneOutput
+from miracl_grid.trainables.backbones.cbmlc import CbMLCBackbone
+from miracl_grid.trainables.backbones.flexcare import FlexCareBackbone
+from miracl_grid.trainables.backbones.m3care import M3CareBackbone
+from miracl_grid.trainables.backbones.medfuse import MedFuseBackbone
+from miracl_grid.trainables.config import TrialConfig
 
 logger = logging.getLogger(__name__)
 

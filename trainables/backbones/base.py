@@ -1,6 +1,6 @@
 """Backbone output contract, batch checking and the shared base class (METHOD §11).
 
-Every backbone maps the batch dict of `data.dataset.collate` to a `BackboneOutput`:
+Every backbone maps the batch dict of `miracl_grid.data.dataset.collate` to a `BackboneOutput`:
 
     logits            B×L  pre-sigmoid scores
     ehr_embedding     B×H  projected EHR embedding for the patient-level contrastive loss (Eq. 9);
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from trainables.backbones.encoders import EncodedBatch, NoteEncoder, SeriesEncoder
-from trainables.config import TrialConfig
+from miracl_grid.trainables.backbones.encoders import EncodedBatch, NoteEncoder, SeriesEncoder
+from miracl_grid.trainables.config import TrialConfig
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def check_batch(batch: dict, series_channels: int, note_dim: int) -> None:
     """Raise ``ValueError`` naming the batch field whose presence, rank or size is wrong."""
     missing = [key for key in BATCH_KEYS if key not in batch]
     if missing:
-        raise ValueError(f"batch is missing field(s) {missing}; expected the keys of data.dataset.collate")
+        raise ValueError(f"batch is missing field(s) {missing}; expected the keys of miracl_grid.data.dataset.collate")
     series, note = batch["series"], batch["note"]
     if series.dim() != 3 or series.shape[2] != series_channels:
         raise ValueError(f"batch field 'series' has shape {tuple(series.shape)}: expected B×T×{series_channels}")

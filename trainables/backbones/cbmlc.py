@@ -30,10 +30,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainables.backbones.base import Backbone, BackboneOutput
-from trainables.backbones.dropout import Dropout
-from trainables.backbones.encoders import FeedForward, MultiHeadAttention
-from trainables.config import TrialConfig
+from miracl_grid.trainables.backbones.base import Backbone, BackboneOutput
+from miracl_grid.trainables.backbones.dropout import Dropout
+from miracl_grid.trainables.backbones.encoders import FeedForward, MultiHeadAttention
+from miracl_grid.trainables.config import TrialConfig
 
 
 def label_context_map(label_name_embeddings: torch.Tensor, hidden: int):

@@ -9,7 +9,7 @@
   (`reverse_within_length`), so it too never reads padding before a real step. Outputs and
   final states equal a ``PackedSequence`` run (ATen's step-by-step kernel, ~1.7× slower
   forward + backward on CPU) up to float rounding.
-* `NoteEncoder`: the frozen text encoder ran once per dataset (`data.text_features`); here its
+* `NoteEncoder`: the frozen text encoder ran once per dataset (`miracl_grid.data.text_features`); here its
   cached token features B×S×D are only projected (Linear + LayerNorm) to B×S×H and mean-pooled
   over the real tokens.
 
@@ -19,9 +19,9 @@ vector; the LSTM still runs over its (zero) padding and those outputs are masked
 `MultiHeadAttention` / `TransformerLayer` take a per-instance boolean mask (True = may attend)
 and run `torch.nn.functional.scaled_dot_product_attention` (its fused kernels) whenever no
 attention dropout applies; in training with dropout they form the attention weights explicitly,
-as SDPA's math kernel would, so the dropout mask comes from `trainables.backbones.dropout`.
+as SDPA's math kernel would, so the dropout mask comes from `miracl_grid.trainables.backbones.dropout`.
 Callers must leave every query row at least one key. All dropout of the backbones is
-`trainables.backbones.dropout` (same operation as PyTorch's, faster CPU masks).
+`miracl_grid.trainables.backbones.dropout` (same operation as PyTorch's, faster CPU masks).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as functional
 from torch import nn
 
-from trainables.backbones.dropout import Dropout, dropout
+from miracl_grid.trainables.backbones.dropout import Dropout, dropout
 
 
 @dataclass
@@ -149,7 +149,7 @@ class MultiHeadAttention(nn.Module):
     (bool, True = may attend; None = all) -> B×Q×H.
 
     The steps are exposed for callers that project token rows once and attend in blocks
-    (`trainables.backbones.flexcare`): `split_heads`, `attend` (heads merged back), `output`.
+    (`miracl_grid.trainables.backbones.flexcare`): `split_heads`, `attend` (heads merged back), `output`.
     """
 
     def __init__(self, hidden: int, heads: int, dropout: float = 0.0):
@@ -174,7 +174,7 @@ class MultiHeadAttention(nn.Module):
 
         In training with dropout the attention weights are formed explicitly (the computation of
         SDPA's math kernel, which dropout would select anyway) so their dropout mask comes from
-        `trainables.backbones.dropout`; otherwise SDPA picks its fused kernel.
+        `miracl_grid.trainables.backbones.dropout`; otherwise SDPA picks its fused kernel.
         """
         mask = None if allowed is None else allowed[:, None]
         if self.training and self.dropout > 0:

@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as functional
 from torch import nn
 
-from trainables.backbones.base import Backbone, BackboneOutput
-from trainables.backbones.dropout import Dropout
-from trainables.backbones.encoders import MultiHeadAttention, TransformerLayer
-from trainables.config import TrialConfig
+from miracl_grid.trainables.backbones.base import Backbone, BackboneOutput
+from miracl_grid.trainables.backbones.dropout import Dropout
+from miracl_grid.trainables.backbones.encoders import MultiHeadAttention, TransformerLayer
+from miracl_grid.trainables.config import TrialConfig
 
 COMBINATIONS = ("both", "ehr", "note")
 POOL_TEMPERATURE = 0.2

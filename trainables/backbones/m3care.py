@@ -27,10 +27,10 @@ import torch
 import torch.nn.functional as functional
 from torch import nn
 
-from trainables.backbones.base import Backbone, BackboneOutput
-from trainables.backbones.dropout import Dropout
-from trainables.backbones.encoders import TransformerLayer
-from trainables.config import TrialConfig
+from miracl_grid.trainables.backbones.base import Backbone, BackboneOutput
+from miracl_grid.trainables.backbones.dropout import Dropout
+from miracl_grid.trainables.backbones.encoders import TransformerLayer
+from miracl_grid.trainables.config import TrialConfig
 
 FUSION_LAYERS = 2
 INITIAL_TEMPERATURE = 0.1

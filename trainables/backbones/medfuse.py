@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from trainables.backbones.base import Backbone, BackboneOutput
-from trainables.backbones.dropout import Dropout
-from trainables.config import TrialConfig
+from miracl_grid.trainables.backbones.base import Backbone, BackboneOutput
+from miracl_grid.trainables.backbones.dropout import Dropout
+from miracl_grid.trainables.config import TrialConfig
 
 
 class MedFuseBackbone(Backbone):
