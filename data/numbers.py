@@ -32,24 +32,25 @@ def _as_strings(column: pd.Series) -> pa.Array:
     return pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.large_string()), array)
 
 
-def parse_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Cells (E) -> (float64 E values, bool E ``bad``): NaN where missing or bad; ``bad`` = present
-    but not matching `NUMBER_GRAMMAR`."""
+def _parse_matching(column: pd.Series, anchored: str) -> tuple[np.ndarray, np.ndarray]:
+    """Cells (E) -> (float64 E values, bool E ``bad``): cells matching the anchored RE2 pattern
+    are cast, present cells that do not match are ``bad``, missing cells are NaN and not bad."""
     strings = _as_strings(column)
-    matches = pc.fill_null(pc.match_substring_regex(strings, _ANCHORED), False)
+    matches = pc.fill_null(pc.match_substring_regex(strings, anchored), False)
     bad = pc.and_(pc.is_valid(strings), pc.invert(matches))
     kept = pc.if_else(matches, strings, pa.scalar(None, pa.large_string()))
     values = pc.cast(kept, pa.float64()).to_numpy(zero_copy_only=False)
     return np.asarray(values, dtype=np.float64), np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def parse_numbers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Cells (E) -> (float64 E values, bool E ``bad``): NaN where missing or bad; ``bad`` = present
+    but not matching `NUMBER_GRAMMAR`."""
+    return _parse_matching(column, _ANCHORED)
 
 
 def parse_integers(column: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Cells (E) -> (float64 E values, bool E ``bad``) for integer ids: digits with an optional
     ``.0`` tail (ids written by pandas from a float column, ``'10006.0'``); anything else present
     is bad. Values are exact for ids below 2**53."""
-    strings = _as_strings(column)
-    matches = pc.fill_null(pc.match_substring_regex(strings, _INTEGER_ANCHORED), False)
-    bad = pc.and_(pc.is_valid(strings), pc.invert(matches))
-    kept = pc.if_else(matches, strings, pa.scalar(None, pa.large_string()))
-    values = pc.cast(kept, pa.float64()).to_numpy(zero_copy_only=False)
-    return np.asarray(values, dtype=np.float64), np.asarray(bad.to_numpy(zero_copy_only=False), dtype=bool)
+    return _parse_matching(column, _INTEGER_ANCHORED)
