@@ -2,6 +2,7 @@
 summary reads a results frame correctly, and on a CPU-only machine it exits 2 with a message."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,5 +42,6 @@ def test_summary_medians_after_warmup_and_devices():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only exit")
 def test_exits_2_without_cuda():
-    completed = subprocess.run([str(REPOSITORY / "bench" / "gpu_check.sh")], capture_output=True, text=True)
+    completed = subprocess.run([str(REPOSITORY / "bench" / "gpu_check.sh")], capture_output=True, text=True,
+                               env={**os.environ, "PYTHON": sys.executable})
     assert completed.returncode == 2 and "no CUDA device" in completed.stderr
