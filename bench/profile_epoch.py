@@ -36,7 +36,7 @@ from miracl_grid.grid.presets import preset_runtime, preset_trial_defaults
 from original_code import ORIGINAL_COMMIT, import_original
 from miracl_grid.trainables.backbones import build_backbone
 from miracl_grid.trainables.backbones.encoders import bidirectional_lstm
-from miracl_grid.trainables.backbones.flexcare import FusionLayout, block_attention
+from miracl_grid.trainables.backbones.flexcare import FusionLayout, fuse
 from miracl_grid.trainables.config import TrialConfig
 
 PARTS = ("step", "data", "LSTM", "fusion", "eval")
@@ -87,10 +87,7 @@ class Version:
             out = sequence[:, :4]
         else:
             layout = FusionLayout.of(encoded.ehr_mask, encoded.note_mask)
-            rows = layout.pack(prefix, ehr, note)
-            for layer in model.fusion:
-                rows = layer.transform(rows, lambda rows, layer=layer: block_attention(layer.attention, rows, layout))
-            out = rows[:layout.prefix_count].view(size, 4, -1)
+            out = fuse(model.fusion, layout, layout.pack(prefix, ehr, note))
         return out.sum() * 1e-3
 
 

@@ -18,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from miracl_grid.trainables.backbones.dropout import Dropout, dropout
 from miracl_grid.trainables.backbones.encoders import MultiHeadAttention, TransformerLayer, bidirectional_lstm, \
     reverse_within_length
-from miracl_grid.trainables.backbones.flexcare import FusionLayout, block_attention
+from miracl_grid.trainables.backbones.flexcare import FusionLayout, block_attention, fuse
 
 TOLERANCE = dict(atol=2e-6, rtol=1e-5)
 
@@ -120,6 +120,41 @@ def test_block_fusion_equals_dense_masked_fusion(dropout_p):
         torch.testing.assert_close(fast, reference, **TOLERANCE)
     for part, reference in zip(parts, (sequence.grad[:, :4], sequence.grad[:, 4:7], sequence.grad[:, 7:])):
         torch.testing.assert_close(part.grad, reference, **TOLERANCE)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("dropout_p", [0.0, 1e-12], ids=["eval_kernel", "explicit_training_attention"])
+def test_fuse_equals_the_dense_fusion_on_the_prefix_rows(depth, dropout_p):
+    """`fuse` (last layer on the prefix rows only) == every layer on the padded sequence with the
+    dense mask, read at the 4 prefix positions: outputs, parameter and input gradients."""
+    torch.manual_seed(2)
+    hidden, size = 8, 5
+    layers = nn.ModuleList(TransformerLayer(hidden, 2, dropout_p) for _ in range(depth)).train(dropout_p > 0)
+    ehr_length, note_length = torch.tensor([3, 0, 2, 3, 0]), torch.tensor([4, 2, 0, 1, 0])
+    ehr_mask = torch.arange(3)[None] < ehr_length[:, None]
+    note_mask = torch.arange(4)[None] < note_length[:, None]
+    prefix, ehr, note = torch.randn(size, 4, hidden), torch.randn(size, 3, hidden), torch.randn(size, 4, hidden)
+    weights = torch.randn(size, 4, hidden)
+
+    sequence = torch.cat([prefix, ehr, note], dim=1).requires_grad_()
+    dense = sequence
+    for layer in layers:
+        dense = layer(dense, dense_flexcare_mask(ehr_mask, note_mask))
+    (dense[:, :4] * weights).sum().backward()
+    dense_grads = [p.grad.clone() for p in layers.parameters()]
+    layers.zero_grad()
+
+    layout = FusionLayout.of(ehr_mask, note_mask)
+    parts = [part.clone().requires_grad_() for part in (prefix, ehr, note)]
+    fused = fuse(layers, layout, layout.pack(*parts))
+    (fused * weights).sum().backward()
+
+    assert fused.shape == (size, 4, hidden)
+    torch.testing.assert_close(fused, dense[:, :4], **TOLERANCE)
+    for fast, reference in zip((p.grad for p in layers.parameters()), dense_grads):
+        torch.testing.assert_close(fast, reference, **TOLERANCE)
+    real = torch.cat([torch.ones(size, 4, dtype=torch.bool), ehr_mask, note_mask], dim=1)[..., None]
+    torch.testing.assert_close(torch.cat([part.grad for part in parts], dim=1), sequence.grad * real, **TOLERANCE)
 
 
 def test_training_attention_equals_sdpa():

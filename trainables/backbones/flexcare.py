@@ -18,6 +18,8 @@ Sequence fed to the fusion transformer (``config.fusion_layers`` post-norm layer
   over EHR keys (B×T), note rows over note keys (B×S), the 4 prefix rows over all keys
   (B×4×N) — the same outputs as one masked N×N attention over the padded sequence, without
   the padded rows (~1/3 of them on the embedded cohort) and the all-False off-diagonal blocks.
+  Only the prefix rows of the last layer are read, so that layer computes its keys and values
+  for every row and everything else for the 4B prefix rows alone (`fuse`).
 * A combination token is *available* for an instance when all its modalities are present
   (both: has_series and has_note; ehr: has_series; note: has_note). Only available tokens go
   on: each is routed through a noisy top-k mixture of experts gated by the token and the task
@@ -173,6 +175,39 @@ def block_attention(attention: MultiHeadAttention, rows: torch.Tensor, layout: F
     note = attention.attend(note_q, note_k, note_v, layout.note_keys)
     return attention.output(layout.pack(prefix, ehr, note))
 
+
+def prefix_attention(attention: MultiHeadAttention, prefix_rows: torch.Tensor, rows: torch.Tensor,
+                     layout: FusionLayout) -> torch.Tensor:
+    """Self-attention output of the prefix rows alone: queries P×H (P = 4B, = rows[:P]) over the
+    keys of every packed row M×H -> P×H, equal to the first P rows of `block_attention`.
+
+    The last fusion layer needs nothing else: only its prefix rows go on (task and combination
+    tokens), so its queries, output projection, feed-forward and norms run on P rows, and only
+    its keys and values on all M.
+    """
+    size, width = layout.size, prefix_rows.shape[-1]
+    query = attention.split_heads(attention.query(prefix_rows).view(size, -1, width))
+    blocks = layout.unpack(attention.key_value(rows))                  # [k | v] per block
+    every = torch.cat(blocks, dim=1)                                   # B×(4+T+S)×2H
+    key, value = (attention.split_heads(part) for part in every.chunk(2, dim=-1))
+    return attention.output(attention.attend(query, key, value, layout.prefix_allowed).reshape(-1, width))
+
+
+def fuse(layers: nn.ModuleList, layout: FusionLayout, rows: torch.Tensor) -> torch.Tensor:
+    """The fusion transformer on packed rows M×H -> the last layer's prefix rows, B×4×H.
+
+    Every layer but the last transforms all M rows (attention per block, `block_attention`);
+    the last transforms only the P = 4B prefix rows (`prefix_attention`), since no other row of
+    its output is read. Same outputs and gradients as all layers on all rows.
+    """
+    *inner, last = layers
+    for layer in inner:
+        rows = layer.transform(rows, lambda rows, layer=layer: block_attention(layer.attention, rows, layout))
+    prefix = last.transform(rows[:layout.prefix_count],
+                            lambda prefix_rows: prefix_attention(last.attention, prefix_rows, rows, layout))
+    return prefix.view(layout.size, -1, prefix.shape[-1])
+
+
 class NoisyTopKExperts(nn.Module):
     """Sparsely-gated mixture of MLP experts (Shazeer et al. 2017) with a query-conditioned gate.
 
@@ -263,9 +298,7 @@ class FlexCareBackbone(Backbone):
         layout = FusionLayout.of(encoded.ehr_mask, encoded.note_mask)
         rows = layout.pack(prefix, encoded.ehr_tokens + self.modality_types[0],
                            encoded.note_tokens + self.modality_types[1])
-        for layer in self.fusion:
-            rows = layer.transform(rows, lambda rows, layer=layer: block_attention(layer.attention, rows, layout))
-        fused_prefix = rows[:layout.prefix_count].view(size, -1, hidden)
+        fused_prefix = fuse(self.fusion, layout, rows)                  # B×4×H
         task = fused_prefix[:, 0]                                        # B×H
         combinations = fused_prefix[:, 1:]                               # B×K×H
         available = torch.stack([encoded.has_series & encoded.has_note, encoded.has_series,
