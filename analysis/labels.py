@@ -6,44 +6,34 @@ the display name derived from ``(method, backbone, variant)``: ``bce`` on the Fl
 is "FlexCare", ``bce`` on ``medfuse``/``m3care`` is "MedFuse"/"M3Care", and a Table 4 ablation
 variant (``variant`` in `ABLATION_LABELS`) is shown under its ablation row name.
 
-This module is pure Python (no pandas, numpy, torch or ray) so that any layer may use it.
+No torch, no ray: the method names and table order come from the method registry
+(`miracl_grid.trainables.registry`), the noise models and the percent text of a rate from
+`miracl_grid.data.noise`, the ablation rows from `miracl_grid.grid.sweeps`.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
+from miracl_grid.data.noise import NOISE_MODELS, percent_text
+from miracl_grid.grid.sweeps import ABLATION_VARIANTS
+from miracl_grid.trainables.registry import METHODS, REFERENCE_METHOD as _REFERENCE, display_label, table_rows
+
 # Noise models in the order the paper's tables list them (unknown models sort last).
-NOISE_MODEL_ORDER: tuple[str, ...] = ("none", "symmetric", "asymmetric", "balanced",
-                                      "class_conditional", "single_positive", "combined")
+NOISE_MODEL_ORDER: tuple[str, ...] = NOISE_MODELS
 _NOISE_SHORT: dict[str, str] = {"none": "Clean", "single_positive": "Single positive",
                                 "combined": "Combined"}
 
-# (method, backbone) -> display name. A method on the FlexCare backbone is named by its loss.
-METHOD_NAMES: dict[str, str] = {"miracl": "MIRACL", "bce": "FlexCare", "focal": "Focal", "asl": "ASL",
-                                "gce": "GCE", "mllsc": "MLLSC", "multit": "MultiT", "cbmlc": "CbMLC"}
-BACKBONE_NAMES: dict[str, str] = {"flexcare": "FlexCare", "medfuse": "MedFuse", "m3care": "M3Care",
-                                  "cbmlc": "CbMLC"}
-DEFAULT_BACKBONE = "flexcare"
+# Row order of Tables 2/3/10 (the method registry's table order), then anything else alphabetically,
+# MIRACL (the reference) last.
+METHOD_ORDER: tuple[str, ...] = table_rows()[:-1]
+REFERENCE_METHOD = METHODS[_REFERENCE].label
 
-# Row order of Tables 2/3/10 (the paper's), then anything else alphabetically, MIRACL last.
-METHOD_ORDER: tuple[str, ...] = ("ASL", "Focal", "GCE", "MLLSC", "MultiT", "MedFuse", "M3Care",
-                                 "FlexCare", "CbMLC")
-REFERENCE_METHOD = "MIRACL"
-
-# Table 4 rows: `variant` slug -> row label, in the paper's order ("full" is MIRACL itself).
-ABLATION_LABELS: dict[str, str] = {"baseline": "Baseline", "con_reg": "+Con.Reg.",
-                                   "loss_only": "w/ Loss only", "difficulty_only": "w/ Difficulty only",
-                                   "rank_only": "w/ Rank only", "full": "MIRACL"}
+# Table 4 rows: `variant` slug -> row label, in the paper's order ("full" is MIRACL itself);
+# the ablation arms of `miracl_grid.grid.sweeps` own both.
+ABLATION_LABELS: dict[str, str] = {arm.name: arm.label for arm in ABLATION_VARIANTS}
 ABLATION_ORDER: tuple[str, ...] = tuple(ABLATION_LABELS.values())
-_KNOWN_DISPLAY_NAMES = {name.lower() for name in (*METHOD_NAMES.values(), *BACKBONE_NAMES.values(),
-                                                  *ABLATION_LABELS.values())}
-
-
-def percent_text(rate: float) -> str:
-    """A rate as the paper writes it in percent: 0.2 -> '20', 0.044798 -> '4.48'."""
-    text = f"{round(float(rate) * 100.0, 2):.2f}".rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
+_KNOWN_DISPLAY_NAMES = {name.lower() for name in (*table_rows(), *ABLATION_LABELS.values())}
 
 
 def _is_missing(value: Any) -> bool:
@@ -81,21 +71,15 @@ def method_label(method: str, backbone: str | None = None, variant: str | None =
     """Display name of a compared arm from ``(config/method, config/backbone, config/variant)``.
 
     An ablation variant slug (`ABLATION_LABELS`, e.g. 'rank_only') gives its Table 4 row name;
-    otherwise the method's name (`METHOD_NAMES`), with ``bce`` on another backbone named by the
-    backbone ('MedFuse', 'M3Care') and any other non-default backbone appended ('ASL/MedFuse').
+    otherwise the method registry's `display_label`: ``bce`` named by its backbone ('FlexCare',
+    'MedFuse', 'M3Care'), another method's label with a non-default backbone appended ('ASL/MedFuse').
     A variant that is neither empty, 'full', nor a known display name is appended in brackets
     ('MIRACL [my_variant]') so that differently configured arms never share a label.
     """
     variant_text = "" if _is_missing(variant) else str(variant)
     if variant_text in ABLATION_LABELS:
         return ABLATION_LABELS[variant_text]
-    method_text = str(method)
-    backbone_text = DEFAULT_BACKBONE if _is_missing(backbone) or backbone == "" else str(backbone)
-    if method_text == "bce" and backbone_text != DEFAULT_BACKBONE:
-        return BACKBONE_NAMES.get(backbone_text, backbone_text)
-    name = METHOD_NAMES.get(method_text, method_text)
-    if backbone_text not in (DEFAULT_BACKBONE, method_text):
-        name = f"{name}/{BACKBONE_NAMES.get(backbone_text, backbone_text)}"
+    name = display_label(str(method), None if _is_missing(backbone) or backbone == "" else str(backbone))
     if variant_text and variant_text != "full" and variant_text.lower() not in _KNOWN_DISPLAY_NAMES:
         name = f"{name} [{variant_text}]"
     return name

@@ -52,14 +52,17 @@ from miracl_grid.analysis.mechanism import (CORRECTION_COLUMNS, MEMORISATION_COL
 from miracl_grid.analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, markdown_code,
                              markdown_text, metric_name, noise_rate_table, runtime_table, sensitivity_table,
                              significance_report, slug, stability_table)
+from miracl_grid.grid.sweeps import SWEEPS
+from miracl_grid.trainables.config import TrialConfig
 
 logger = logging.getLogger(__name__)
 
 REPORT_FILENAME = "report.md"
-KNOWN_SWEEPS = ("main", "lambda_cons", "alpha", "ablation", "stability")
+KNOWN_SWEEPS = tuple(SWEEPS)        # the grid's named sweeps, in their order
 COMPARISON_METRICS = ("test/mAP", "test/F1", "test/F1_class")
-# METHOD §7 defaults: per-epoch diagnostics of a sensitivity sweep are shown at these values.
-PAPER_DEFAULTS: dict[str, float] = {"config/lambda_cons": 0.1, "config/alpha": 0.5}
+# The paper's defaults (METHOD §7, the TrialConfig defaults): per-epoch diagnostics of a sensitivity
+# sweep are shown at these values.
+PAPER_DEFAULTS: dict[str, float] = {f"config/{name}": getattr(TrialConfig(), name) for name in ("lambda_cons", "alpha")}
 SEED_LIKE = {SEED_COLUMN, "config/gmm_seed", "config/noise_seed"}
 PROVENANCE_COLUMNS = ("provenance/data_source", "provenance/preset", "provenance/code_version",
                       "provenance/code_dirty", "provenance/cohort_hash", "provenance/text_encoder",

@@ -36,7 +36,7 @@ def grid_command(name: str, cohort: Path, storage: Path, epochs: int) -> list[st
     methods, workers, gpus, concurrent = RUNS[name]
     trial = {"epochs": epochs, "warmup_epochs": 1, "cosine_t_max": epochs}
     settings = [item for key, value in trial.items() for item in ("--set", f"{key}={value}")]
-    return [sys.executable, str(REPOSITORY / "grid" / "run.py"), "--sweep", "main", "--methods", methods,
+    return [sys.executable, str(REPOSITORY / "grid" / "run.py"), "--sweep", "main", "--arms", methods,
             "--data", str(cohort), "--preset", "quick", "--seeds", "30", "--noise", "symmetric:0.4,0.4", *settings,
             "--workers-per-trial", str(workers), "--gpus-per-worker", str(gpus),
             "--max-concurrent", str(concurrent), "--storage", str(storage), "--name", name, "--no-report"]

@@ -44,7 +44,7 @@ IGNORED_PREFIXES = ("time/", "artifact/")
 def command(cohort: Path, storage: Path, epochs: int, concurrent: int, address: str, *extra: str) -> list[str]:
     settings = [item for key, value in {**TINY, "epochs": epochs}.items() for item in ("--set", f"{key}={value}")]
     return [sys.executable, str(REPOSITORY / "grid" / "run.py"), "--sweep", "lambda_cons", "--data", str(cohort),
-            "--preset", "quick", "--seeds", "30", "--noise", "symmetric:0.2,0.2", "--methods", "miracl", "--set", "lambda_cons=0,0.1",
+            "--preset", "quick", "--seeds", "30", "--noise", "symmetric:0.2,0.2", "--arms", "miracl", "--set", "lambda_cons=0,0.1",
             *settings, "--storage", str(storage), "--max-concurrent", str(concurrent), "--no-report",
             "--address", address, *extra]
 

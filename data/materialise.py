@@ -48,7 +48,6 @@ import os
 import platform
 import shutil
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +61,7 @@ from miracl_grid.data.errors import CohortError
 from miracl_grid.data.locking import exclusive_writer
 from miracl_grid.data.schema import VARIABLE_NAMES, channel_names
 from miracl_grid.data.split import assert_no_patient_crosses
+from miracl_grid.data.versions import library_versions
 
 logger = logging.getLogger(__name__)
 
@@ -144,17 +144,6 @@ def _save_array(path: Path, array: np.ndarray) -> None:
     with open(temporary, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array))
     os.replace(temporary, path)
-
-
-def library_versions() -> dict[str, str | None]:
-    """Installed versions of the packages that shape a cohort (None when not installed)."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 # --------------------------------------------------------------------------- hash
@@ -510,7 +499,7 @@ def _materialise(cohort: Cohort, out_dir: Path, *, max_bins: int, encoder: str |
         "dropped": list(cohort.dropped),
         "missingness": {"variable_observed_bin_fraction": _observed_bin_fraction(
             series.statistics["observed_bins"], int(offsets[-1]))},
-        "versions": library_versions(),
+        "versions": {"python": platform.python_version(), **library_versions(VERSIONED_PACKAGES)},
         "timings": timings,
         "timings_when_written": (previous.get("timings_when_written", previous.get("timings", {}))
                                  if reuse and previous is not None else timings),

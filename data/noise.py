@@ -53,8 +53,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NOISE_MODELS: tuple[str, ...] = ("none", "symmetric", "asymmetric", "balanced", "single_positive",
-                                 "class_conditional", "combined")
+# Every noise model, in the order the paper's tables list them; the one list every layer reads.
+NOISE_MODELS: tuple[str, ...] = ("none", "symmetric", "asymmetric", "balanced", "class_conditional",
+                                 "single_positive", "combined")
+RATE_RANGE = "rate [0, 1)"       # a flip rate ρ+ / ρ−: `is_rate`; `TrialConfig.FIELD_RANGES` uses this text
 
 COMBINED_UNIFORM_MAX_RATE = 0.1    # CbMLC type 1 part of the combined noise: r ~ U(0, 0.1)
 COMBINED_POSITIVE_MAX_RATE = 0.5   # CbMLC type 2 part of the combined noise: r ~ U(0, 0.5)
@@ -111,6 +113,20 @@ def balanced_rho_neg(rho_pos: float, l_avg: float, num_labels: int) -> float:
                          f"(rho_pos={rho_pos}, l_avg={l_avg}, L={num_labels}): expected < 1; "
                          "lower rho_pos")
     return float(rho_neg)
+
+
+def check_balanced_rho_neg(rho_pos: float, rho_neg: float, *, l_avg: float, num_labels: int) -> float:
+    """``rho_neg`` of a balanced-noise trial, checked against its cohort: it must be exactly
+    `balanced_rho_neg` (rho_pos, l_avg, num_labels), the value the sweep derived (METHOD §2;
+    ARCHITECTURE §7). NoiseError naming both values when it is not (a config expanded for
+    another cohort, or a hand-set ``rho_neg``)."""
+    expected = balanced_rho_neg(rho_pos, l_avg, num_labels)
+    if rho_neg != expected:
+        raise NoiseError(f"config field 'rho_neg' = {rho_neg!r}: balanced noise with rho_pos = {rho_pos!r} on "
+                         f"this cohort (l_avg_train = {l_avg!r}, L = {num_labels}) has rho_neg = "
+                         f"rho_pos*l_avg/(L-l_avg) = {expected!r}; expand the sweep for this cohort "
+                         "(grid/run.py derives it) instead of setting rho_neg by hand")
+    return expected
 
 
 def apply_noise(labels: np.ndarray, model: str, rho_pos: float, rho_neg: float, seed: int,
@@ -248,9 +264,20 @@ def _rank_within_rows(keys: np.ndarray) -> np.ndarray:
 
 # --- validation --------------------------------------------------------------------------------
 
+def is_rate(value: object) -> bool:
+    """Whether ``value`` is a flip rate: a real number in [0, 1) (`RATE_RANGE`; not a bool)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+            and 0.0 <= float(value) < 1.0)
+
+
+def percent_text(rate: float) -> str:
+    """A rate as the paper writes it in percent (at most two decimals): 0.2 -> '20', 0.044798 -> '4.48'."""
+    text = f"{round(float(rate) * 100.0, 2):.2f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
 def _check_rate(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0.0 <= float(value) < 1.0:
+    if not is_rate(value):
         raise NoiseError(f"{name} = {value!r}: expected a rate in [0, 1)")
 
 

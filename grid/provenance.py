@@ -7,6 +7,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from miracl_grid.data.versions import library_versions
+
 PACKAGE = "miracl-grid"
 LIBRARIES = ("torch", "ray", "transformers", "scikit-learn", "numpy", "pandas", "pyarrow", "scipy")
 
@@ -35,16 +37,6 @@ def code_version(repository: Path | None = None) -> tuple[str, bool]:
             return "unknown", True
 
 
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
-
-
 def data_source(manifest: dict) -> str:
     """What the cohort is, for report captions: 'synthetic cohort (400 patients, 690 stays)' or
     'mimic3-benchmarks-phenotyping extract (33798 patients, 41904 stays)'."""
@@ -68,7 +60,7 @@ def sweep_provenance(manifest: dict, text_key: str | None = None, preset: str = 
         "provenance/text_encoder": encoder.get("encoder", ""),
         "provenance/text_encoder_revision": str(encoder.get("revision", "")),
         "provenance/text_feature_key": key or "",
-        "provenance/versions": json.dumps(library_versions(), sort_keys=True),
+        "provenance/versions": json.dumps(library_versions(LIBRARIES), sort_keys=True),
         "provenance/data_source": data_source(manifest),
         "provenance/preset": preset,
     }

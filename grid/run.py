@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="quick (default for the embedded cohort) or paper (default for MIMIC)")
     trials.add_argument("--seeds", default=None, help="comma list replacing the sweep's seeds")
     trials.add_argument("--noise", default=None, help="e.g. 'symmetric:0.2,0.2;asymmetric:0,0.4'")
-    trials.add_argument("--methods", default=None, help="e.g. miracl,asl,medfuse")
+    trials.add_argument("--arms", default=None,
+                        help="the compared rows to run instead of the sweep's, e.g. miracl,asl,medfuse: a "
+                             "registered method on its default backbone, flexcare/medfuse/m3care (BCE on that "
+                             "backbone) or an ablation variant (the method itself: --set method=NAME)")
+    trials.add_argument("--methods", dest="old_methods", default=None, help=argparse.SUPPRESS)
     trials.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE[,VALUE]",
                         help="TrialConfig override; a comma list widens the grid")
     cluster = parser.add_argument_group("cluster")
@@ -157,7 +161,7 @@ def expand_requested_sweep(args, preset: str, runtime: dict, l_avg: float, num_l
     from miracl_grid.grid.sweeps import expand_sweep, parse_set_arguments
 
     return expand_sweep(args.sweep, l_avg=l_avg, num_labels=num_labels, seeds=args.seeds, noise=args.noise,
-                        methods=args.methods, overrides=parse_set_arguments(args.set),
+                        arms=args.arms, overrides=parse_set_arguments(args.set),
                         preset=preset_trial_defaults(preset), preset_seeds=runtime["seeds"])
 
 
@@ -174,6 +178,11 @@ def check_text_keys(trials, cohort_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
+    if args.old_methods is not None:
+        print(f"error: --methods is now --arms (an arm is a compared row: a method on a backbone, e.g. flexcare = "
+              f"method bce on backbone flexcare; a method is what --set method=NAME trains): "
+              f"use --arms {args.old_methods}", file=sys.stderr)
+        return 2
     from miracl_grid.data.errors import CohortError
     from miracl_grid.grid.folder import SWEEP_FILE, SweepFolder
     from miracl_grid.grid.presets import preset_runtime, preset_trial_defaults
@@ -183,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = preset_runtime(preset)
     if args.list:   # counted exactly as a run of this preset expands them
         print(f"trials per sweep as a run of preset {preset} (seeds {', '.join(map(str, runtime['seeds']))}) "
-              "expands them; --seeds/--noise/--methods/--set change that (see --dry-run)")
+              "expands them; --seeds/--noise/--arms/--set change that (see --dry-run)")
         print(describe_sweeps(PAPER_L_AVG, PAPER_NUM_LABELS, preset=preset_trial_defaults(preset),
                               preset_seeds=runtime["seeds"]))
         print(f"(balanced rho- shown for L_avg={PAPER_L_AVG}; a run derives it from its cohort)")

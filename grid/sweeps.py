@@ -31,11 +31,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from miracl_grid.trainables.config import NOISE_MODELS, ConfigError, TrialConfig
+from miracl_grid.data.noise import NOISE_MODELS, balanced_rho_neg, is_rate, percent_text
+from miracl_grid.trainables.config import PAPER_SEEDS, ConfigError, TrialConfig
+from miracl_grid.trainables.registry import METHODS, display_label
 
 logger = logging.getLogger(__name__)
 
-PAPER_SEEDS: tuple[int, ...] = (30, 40, 100)          # METHOD §7
 NOISE_FIELDS: tuple[str, ...] = ("noise_model", "rho_pos", "rho_neg")
 # Short forms of grid fields inside trial names; other fields appear under their own name.
 NAME_ABBREVIATIONS: dict[str, str] = {"lambda_cons": "lam", "gmm_seed": "gmm", "alpha": "alpha",
@@ -49,22 +50,15 @@ class SweepError(ConfigError):
 # --------------------------------------------------------------------------------------------
 # Noise settings (METHOD §2)
 # --------------------------------------------------------------------------------------------
+# Per noise model (`NOISE_MODELS`, `tests/test_sweeps.py` checks both cover every model): how many
+# rates its CLI string takes, and its short form inside trial names.
 _RATE_COUNTS: dict[str, tuple[int, ...]] = {
-    # model -> how many rates its CLI string takes
     "none": (0,), "single_positive": (0,), "combined": (0,),
     "symmetric": (1, 2), "asymmetric": (2,), "balanced": (1,), "class_conditional": (1,),
 }
-_SHORT_LABELS: dict[str, str] = {"none": "Clean", "single_positive": "Single positive",
-                                 "combined": "Combined"}
 _SLUGS: dict[str, str] = {"none": "clean", "single_positive": "single", "combined": "combined",
                           "symmetric": "sym", "asymmetric": "asym", "balanced": "bal",
                           "class_conditional": "cc"}
-
-
-def _percent_text(rate: float) -> str:
-    """0.2 -> '20', 0.044798 -> '4.48' (percent, at most two decimals, no trailing zeros)."""
-    text = f"{round(rate * 100.0, 2):.2f}".rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
 
 
 @dataclass(frozen=True)
@@ -82,7 +76,7 @@ class NoiseSetting:
             raise SweepError(f"unknown noise model '{self.model}' (known: {', '.join(NOISE_MODELS)})")
         for name in ("rho_pos", "rho_neg"):
             value = getattr(self, name)
-            if value is not None and not 0.0 <= value < 1.0:
+            if value is not None and not is_rate(value):
                 raise SweepError(f"noise setting {self.model}: {name} = {value!r}: expected a rate in [0, 1)")
 
     @property
@@ -93,37 +87,20 @@ class NoiseSetting:
         """Return a copy with ρ− derived for ``balanced`` (METHOD §2); other models unchanged."""
         if self.model != "balanced":
             return self
-        from miracl_grid.data.noise import balanced_rho_neg  # lazy: data/noise.py is a sibling module
         return NoiseSetting(self.model, self.rho_pos,
                             float(balanced_rho_neg(self.rho_pos, l_avg, num_labels)))
-
-    @property
-    def label(self) -> str:
-        """Table label: 'Sym. 20%', 'Asym. (0,40)', 'Bal. (20,4.48)', 'Class-cond. 20%', ..."""
-        positive = _percent_text(self.rho_pos)
-        if self.model == "symmetric":
-            return f"Sym. {positive}%"
-        if self.model == "asymmetric":
-            return f"Asym. ({positive},{_percent_text(self.rho_neg)})"
-        if self.model == "balanced":
-            if self.rho_neg is None:
-                return f"Bal. {positive}%"
-            return f"Bal. ({positive},{_percent_text(self.rho_neg)})"
-        if self.model == "class_conditional":
-            return f"Class-cond. {positive}%"
-        return _SHORT_LABELS[self.model]
 
     @property
     def slug(self) -> str:
         """Short form used inside trial names: 'sym20-20', 'asym0-40', 'bal20-4.48', 'cc20'."""
         prefix = _SLUGS[self.model]
         if self.model in ("symmetric", "asymmetric"):
-            return f"{prefix}{_percent_text(self.rho_pos)}-{_percent_text(self.rho_neg)}"
+            return f"{prefix}{percent_text(self.rho_pos)}-{percent_text(self.rho_neg)}"
         if self.model == "balanced":
-            negative = "auto" if self.rho_neg is None else _percent_text(self.rho_neg)
-            return f"{prefix}{_percent_text(self.rho_pos)}-{negative}"
+            negative = "auto" if self.rho_neg is None else percent_text(self.rho_neg)
+            return f"{prefix}{percent_text(self.rho_pos)}-{negative}"
         if self.model == "class_conditional":
-            return f"{prefix}{_percent_text(self.rho_pos)}"
+            return f"{prefix}{percent_text(self.rho_pos)}"
         return prefix
 
     def trial_fields(self) -> dict[str, Any]:
@@ -140,7 +117,7 @@ def _parse_rate(token: str, text: str) -> float:
     except ValueError:
         raise SweepError(f"noise setting '{text}': rate '{token}' is not a number "
                          "(expected e.g. 0.2 or 20%)") from None
-    if not 0.0 <= value < 1.0:
+    if not is_rate(value):
         raise SweepError(f"noise setting '{text}': rate '{token}' outside [0, 1) "
                          "(write fractions like 0.2 or percentages like 20%)")
     return value
@@ -197,30 +174,32 @@ def parse_noise_settings(values: str | NoiseSetting | Iterable[str | NoiseSettin
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Arm:
-    """A named set of TrialConfig fields: one compared method or one ablation variant."""
+    """One compared row of a sweep: a named set of TrialConfig fields (a method on a backbone,
+    or an ablation variant of MIRACL) and its table label."""
     name: str
     label: str
     fields: Mapping[str, Any] = field(default_factory=dict)
 
 
-def _method(name: str, method: str, backbone: str, variant: str) -> Arm:
-    return Arm(name, variant, {"method": method, "backbone": backbone, "variant": variant})
+def _method_arms() -> dict[str, Arm]:
+    """Every registered method as arms (`miracl_grid.trainables.registry`): one per method, named by
+    it and run on its default backbone, or, for a method with ``row_backbones`` (BCE), one per
+    backbone named by the backbone (``flexcare``, ``medfuse``, ``m3care``). ``variant`` holds the
+    table label."""
+    arms: dict[str, Arm] = {}
+    for record in METHODS.values():
+        for name, backbone in ([(backbone, backbone) for backbone in record.row_backbones]
+                               or [(record.name, record.default_backbone)]):
+            label = display_label(record.name, backbone)
+            arms[name] = Arm(name, label, {"method": record.name, "backbone": backbone, "variant": label})
+    return arms
 
 
-# The paper's comparison set (Tables 2/3), in table order; `variant` is the paper's row label.
-COMPARISON_METHODS: tuple[Arm, ...] = (
-    _method("flexcare", "bce", "flexcare", "FlexCare"),
-    _method("focal", "focal", "flexcare", "Focal"),
-    _method("asl", "asl", "flexcare", "ASL"),
-    _method("gce", "gce", "flexcare", "GCE"),
-    _method("mllsc", "mllsc", "flexcare", "MLLSC"),
-    _method("multit", "multit", "flexcare", "MultiT"),
-    _method("medfuse", "bce", "medfuse", "MedFuse"),
-    _method("m3care", "bce", "m3care", "M3Care"),
-    _method("cbmlc", "cbmlc", "cbmlc", "CbMLC"),
-    _method("miracl", "miracl", "flexcare", "MIRACL"),
-)
-_MIRACL = COMPARISON_METHODS[-1]
+METHOD_ARMS: dict[str, Arm] = _method_arms()
+# The paper's comparison set (Tables 2/3), in the order the main sweep expands it.
+COMPARISON_ARMS: tuple[Arm, ...] = tuple(METHOD_ARMS[name] for name in (
+    "flexcare", "focal", "asl", "gce", "mllsc", "multit", "medfuse", "m3care", "cbmlc", "miracl"))
+_MIRACL = METHOD_ARMS["miracl"]
 
 # Table 4 rows as config switches of the one MIRACL implementation (METHOD §3, §12).
 ABLATION_VARIANTS: tuple[Arm, ...] = (
@@ -237,14 +216,6 @@ ABLATION_VARIANTS: tuple[Arm, ...] = (
 )
 
 
-def method_entry(name: str) -> Arm:
-    """The `COMPARISON_METHODS` entry called `name` (SweepError listing the known names)."""
-    for arm in COMPARISON_METHODS:
-        if arm.name == name:
-            return arm
-    raise SweepError(f"unknown method '{name}' (known: {', '.join(arm.name for arm in COMPARISON_METHODS)})")
-
-
 # --------------------------------------------------------------------------------------------
 # Sweep definitions (METHOD §12)
 # --------------------------------------------------------------------------------------------
@@ -254,7 +225,8 @@ class SweepDefinition:
 
     `seeds` None = the paper's seed set (or the preset's, see `expand_sweep`);
     `pin_noise_seed` writes noise_seed = seed explicitly (Table 9 keeps the noise fixed).
-    `catalogue` is where `--methods` names are looked up first (then `COMPARISON_METHODS`).
+    `catalogue` is where `--arms` names are looked up first (then `METHOD_ARMS`: every registered
+    method).
     `baselines` are arms run once per noise setting × seed with the sweep's own grid fields left
     at their preset/TrialConfig values (their trial names carry none of them); dimensions that
     ``--set`` adds apply to them too.
@@ -267,7 +239,7 @@ class SweepDefinition:
     grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     seeds: tuple[int, ...] | None = None
     pin_noise_seed: bool = False
-    catalogue: tuple[Arm, ...] = COMPARISON_METHODS
+    catalogue: tuple[Arm, ...] = ()
     baselines: tuple[Arm, ...] = ()
 
 
@@ -276,22 +248,21 @@ _TABLE4_NOISE = ("asymmetric:0,0.2", "symmetric:0.2,0.2", "balanced:0.2")
 SWEEPS: dict[str, SweepDefinition] = {sweep.name: sweep for sweep in (
     SweepDefinition(
         "main", "all compared methods under the eight noise settings of Tables 2/3",
-        "Tables 2/3", COMPARISON_METHODS,
+        "Tables 2/3", COMPARISON_ARMS,
         ("symmetric:0.2,0.2", "symmetric:0.4,0.4", "asymmetric:0,0.2", "asymmetric:0,0.4",
          "asymmetric:0.2,0", "asymmetric:0.4,0", "balanced:0.2", "balanced:0.4")),
     SweepDefinition(
         "lambda_cons", "MIRACL, contrastive weight λ_cons under symmetric 20 % and 40 %, "
         "against FlexCare (BCE) on the same seeds and noisy labels",
         "Fig. 3", (_MIRACL,), ("symmetric:0.2,0.2", "symmetric:0.4,0.4"),
-        grid=(("lambda_cons", (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)),), baselines=(COMPARISON_METHODS[0],)),
+        grid=(("lambda_cons", (0.0, 0.01, 0.05, 0.1, 0.2, 0.5)),), baselines=(METHOD_ARMS["flexcare"],)),
     SweepDefinition(
         "alpha", "MIRACL, rank/difficulty weight α under the Table 4 noise settings",
         "Eq. 2 / §12", (_MIRACL,), _TABLE4_NOISE,
         grid=(("alpha", (0.0, 0.25, 0.5, 0.75, 1.0)),)),
     SweepDefinition(
         "ablation", "Table 4 ablation variants (baseline, +Con.Reg., loss/difficulty/rank only, full)",
-        "Table 4", ABLATION_VARIANTS, _TABLE4_NOISE,
-        catalogue=ABLATION_VARIANTS + COMPARISON_METHODS),
+        "Table 4", ABLATION_VARIANTS, _TABLE4_NOISE, catalogue=ABLATION_VARIANTS),
     SweepDefinition(
         "stability", "MIRACL, symmetric 20 %, five GMM initialisation seeds, seed and noise fixed",
         "Table 9", (_MIRACL,), ("symmetric:0.2,0.2",),
@@ -368,20 +339,21 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
-def _resolve_arms(sweep: SweepDefinition, methods: str | Iterable[str] | None) -> tuple[list[Arm], list[Arm]]:
-    """(grid arms, baseline arms): the sweep's own, or the `methods` named (a name that is one
-    of the sweep's baselines stays a baseline)."""
-    if methods is None:
+def _resolve_arms(sweep: SweepDefinition, arms: str | Iterable[str] | None) -> tuple[list[Arm], list[Arm]]:
+    """(grid arms, baseline arms): the sweep's own, or the `arms` named (a name that is one of
+    the sweep's baselines stays a baseline). Names are looked up in the sweep's catalogue, then
+    in `COMPARISON_ARMS` and `METHOD_ARMS` (every registered method)."""
+    if arms is None:
         return list(sweep.arms), list(sweep.baselines)
-    names = _as_names(methods)
+    names = _as_names(arms)
     if not names:
-        raise SweepError("no methods given")
-    catalogue = {}
-    for arm in sweep.catalogue:
+        raise SweepError("no arms given")
+    catalogue: dict[str, Arm] = {}
+    for arm in (*sweep.catalogue, *COMPARISON_ARMS, *METHOD_ARMS.values()):
         catalogue.setdefault(arm.name, arm)
     unknown = [name for name in names if name not in catalogue]
     if unknown:
-        raise SweepError(f"sweep '{sweep.name}': unknown method(s) {', '.join(repr(n) for n in unknown)} "
+        raise SweepError(f"sweep '{sweep.name}': unknown arm(s) {', '.join(repr(n) for n in unknown)} "
                          f"(known: {', '.join(catalogue)})")
     baseline_names = {arm.name for arm in sweep.baselines}
     return ([catalogue[name] for name in names if name not in baseline_names],
@@ -409,7 +381,7 @@ def get_sweep(name: str) -> SweepDefinition:
 def expand_sweep(name: str, *, l_avg: float, num_labels: int,
                  seeds: str | Iterable[int] | None = None,
                  noise: str | Iterable[str | NoiseSetting] | None = None,
-                 methods: str | Iterable[str] | None = None,
+                 arms: str | Iterable[str] | None = None,
                  overrides: Mapping[str, Any] | None = None,
                  preset: Mapping[str, Any] | None = None,
                  preset_seeds: Iterable[int] | None = None) -> list[Trial]:
@@ -419,7 +391,7 @@ def expand_sweep(name: str, *, l_avg: float, num_labels: int,
     seeds: replaces the seed list. preset_seeds: the preset's seed list, used instead of the
     paper's {30, 40, 100} by sweeps that use that set (not by `stability`); `seeds` wins.
     noise: replaces the noise settings (strings as in `parse_noise_setting` or NoiseSettings).
-    methods: replaces the arms (names from the sweep's catalogue, e.g. 'miracl,asl,medfuse').
+    arms: replaces the sweep's arms (`_resolve_arms`; e.g. 'miracl,asl,medfuse').
     overrides: field -> value, or a list/tuple of values (a grid dimension), e.g. the output of
     `parse_set_arguments`; applied last. preset: TrialConfig field defaults, applied first.
     Returns trials in a deterministic order (noise, arm, grid fields, seed), names unique.
@@ -432,7 +404,7 @@ def expand_sweep(name: str, *, l_avg: float, num_labels: int,
     for key in overrides:
         _check_field_name(key, "override")
 
-    arms, baselines = _resolve_arms(sweep, methods)
+    arms, baselines = _resolve_arms(sweep, arms)
     settings = parse_noise_settings(sweep.noise if noise is None else noise)
     settings = list(dict.fromkeys(setting.resolve(l_avg, num_labels) for setting in settings))
     if seeds is not None:

@@ -321,8 +321,12 @@ def _(context):
 # ---- grid: python grid/run.py ... --dry-run
 _GRID = {
     "grid-unknown-sweep": (("--sweep", "nope"), ["unknown sweep 'nope'", "known: main, lambda_cons"]),
-    "grid-unknown-method": (("--sweep", "main", "--methods", "miracl,unknown"),
-                            ["unknown method(s) 'unknown'", "known:", "miracl"]),
+    "grid-unknown-arm": (("--sweep", "main", "--arms", "miracl,unknown"),
+                         ["unknown arm(s) 'unknown'", "known:", "miracl"]),
+    "grid-old-methods-flag": (("--sweep", "main", "--methods", "miracl"),
+                              ["--methods is now --arms", "use --arms miracl"]),
+    "grid-unknown-method": (("--sweep", "main", "--set", "method=nosuch"),
+                            ["config field 'method' = 'nosuch'", "registered methods", "miracl, sce"]),
     "grid-unknown-set-field": (("--sweep", "lambda_cons", "--set", "not_a_field=1"),
                                ["--set 'not_a_field=1'", "unknown config field 'not_a_field'"]),
     "grid-symmetric-unequal-rates": (("--sweep", "main", "--noise", "symmetric:0.2,0.3"),

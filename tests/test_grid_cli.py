@@ -62,3 +62,27 @@ def test_bad_trial_value_fails_before_the_cohort_of_a_real_run(capsys, tmp_path)
     assert code == 2
     assert "alpha" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_method_fails_before_anything_starts(capsys, tmp_path, monkeypatch):
+    """Not a dry run: `--set method=nosuch` is checked against the method registry when the sweep
+    expands — exit 2 naming the value and the registered methods, no cohort built, no Ray started."""
+    import ray
+
+    from miracl_grid.trainables.registry import METHODS
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started")
+    monkeypatch.setattr(ray, "init", no_ray)
+    code = main(["--sweep", "lambda_cons", "--set", "method=nosuch", "--storage", str(tmp_path / "runs"),
+                 "--cohort-cache", str(tmp_path / "cohorts")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "config field 'method' = 'nosuch'" in err and ", ".join(METHODS) in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cohorts").exists()
+
+
+def test_the_old_methods_flag_names_its_new_spelling(capsys, tmp_path):
+    code = main(["--sweep", "main", "--methods", "flexcare,miracl", "--dry-run", "--storage", str(tmp_path / "runs")])
+    assert code == 2
+    assert "use --arms flexcare,miracl" in capsys.readouterr().err

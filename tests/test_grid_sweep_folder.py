@@ -25,7 +25,7 @@ TINY = dict(epochs=2, warmup_epochs=1, hidden_size=32, fusion_layers=1, num_expe
 def _arguments(cohort, storage, *extra):
     settings = [item for key, value in TINY.items() for item in ("--set", f"{key}={value}")]
     return ["--sweep", "lambda_cons", "--data", str(cohort), "--preset", "quick", "--noise", "symmetric:0.2,0.2",
-            "--methods", "miracl", "--set", "lambda_cons=0,0.1", *settings, "--storage", str(storage), "--no-report", *extra]
+            "--arms", "miracl", "--set", "lambda_cons=0,0.1", *settings, "--storage", str(storage), "--no-report", *extra]
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def test_worker_killed_mid_trial_restarts_from_checkpoint(ray_session, tiny_coho
 def _grid_arguments(cohort, storage, *extra, epochs=TINY["epochs"]):
     settings = [item for key, value in {**TINY, "epochs": epochs}.items() for item in ("--set", f"{key}={value}")]
     return ["--sweep", "lambda_cons", "--data", str(cohort), "--preset", "quick", "--seeds", "30",
-            "--noise", "symmetric:0.2,0.2", "--methods", "miracl", "--set", "lambda_cons=0,0.1", *settings,
+            "--noise", "symmetric:0.2,0.2", "--arms", "miracl", "--set", "lambda_cons=0,0.1", *settings,
             "--storage", str(storage), *extra]
 
 

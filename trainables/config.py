@@ -22,8 +22,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-NOISE_MODELS = ("none", "symmetric", "asymmetric", "balanced", "single_positive",
-                "class_conditional", "combined")
+from miracl_grid.data.noise import NOISE_MODELS, RATE_RANGE
+from miracl_grid.trainables.registry import DEFAULT_BACKBONE, METHODS
+
+PAPER_SEEDS: tuple[int, ...] = (30, 40, 100)     # the paper's seed set (METHOD §7); a run-level setting
 DIFFICULTY_FORMS = ("durations", "events")
 SELECTION_PASSES = ("train", "eval")
 SAMPLERS = ("random", "patient")
@@ -40,7 +42,7 @@ class ConfigError(ValueError):
 SEED_RANGE = "[0, 4294967295]"          # numpy / scikit-learn seeds
 FIELD_RANGES: dict[str, str] = {
     "seed": SEED_RANGE, "noise_seed": SEED_RANGE, "gmm_seed": SEED_RANGE,
-    "rho_pos": "rate [0, 1)", "rho_neg": "rate [0, 1)",
+    "rho_pos": RATE_RANGE, "rho_neg": RATE_RANGE,
     "epochs": "[1, inf)", "batch_size": "[1, inf)", "learning_rate": "(0, inf)", "weight_decay": "[0, inf)",
     "corrected_weight_decay": "[0, inf)", "cosine_t_max": "[1, inf)", "cosine_eta_min": "[0, inf)",
     "warmup_epochs": "[0, inf)", "lambda_cons": "[0, inf)", "alpha": "weight [0, 1]", "tau": "[0, inf)",
@@ -110,8 +112,8 @@ def _checked_field(name: str, value: Any, kind: str) -> Any:
 @dataclass
 class TrialConfig:
     # --- what is compared -------------------------------------------------------------
-    method: str = "miracl"                 # registry name: miracl, bce, focal, asl, gce, mllsc, multit, cbmlc ...
-    backbone: str = "flexcare"             # registry name: flexcare, medfuse, m3care, cbmlc
+    method: str = "miracl"                 # a `miracl_grid.trainables.registry.METHODS` name: miracl, bce, asl, ...
+    backbone: str = DEFAULT_BACKBONE       # registry name: flexcare, medfuse, m3care, cbmlc
     variant: str = "full"                  # Table 4 label of a MIRACL ablation row (informational)
     seed: int = 30                         # model init / data order seed
     # --- noise (METHOD §2) ---------------------------------------------------------------
@@ -193,14 +195,20 @@ class TrialConfig:
     def effective_gmm_seed(self) -> int:
         return self.seed if self.gmm_seed is None else self.gmm_seed
 
-    def validate(self, available_methods: tuple[str, ...] | None = None,
-                 available_backbones: tuple[str, ...] | None = None) -> "TrialConfig":
-        """Raise `ConfigError` naming the first field that cannot run."""
+    def validate(self, available_backbones: tuple[str, ...] | None = None) -> "TrialConfig":
+        """Raise `ConfigError` naming the first field that cannot run.
+
+        ``method`` must be a registered method (`miracl_grid.trainables.registry.METHODS`) on a
+        backbone it runs on; ``available_backbones`` (the backbone modules) is checked when given.
+        """
         def fail(name: str, expected: str) -> None:
             raise ConfigError(f"config field '{name}' = {getattr(self, name)!r}: expected {expected}")
 
-        if available_methods is not None and self.method not in available_methods:
-            fail("method", f"one of {sorted(available_methods)}")
+        if self.method not in METHODS:
+            fail("method", f"one of the registered methods {', '.join(METHODS)}")
+        if not METHODS[self.method].runs_on(self.backbone):
+            fail("backbone", f"{' or '.join(METHODS[self.method].backbones)} (method {self.method!r} runs on "
+                             "no other backbone)")
         if available_backbones is not None and self.backbone not in available_backbones:
             fail("backbone", f"one of {sorted(available_backbones)}")
         if self.noise_model not in NOISE_MODELS:

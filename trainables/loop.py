@@ -51,7 +51,7 @@ from miracl_grid.trainables.config import TrialConfig
 from miracl_grid.trainables.devices import loader_options, worker_device
 from miracl_grid.trainables.diagnostics import (class_selection_metrics, correction_error_metrics, memorisation_metrics,
                                     same_patient_share, selection_signal_aucs)
-from miracl_grid.trainables.methods import METHODS, build_method
+from miracl_grid.trainables.methods import build_method
 from miracl_grid.trainables.metrics import classification_metrics, correction_diagnostics
 from miracl_grid.trainables.selection import oriented_rank
 from miracl_grid.trainables.statistics import PairStatistics
@@ -93,7 +93,7 @@ def run_training(loop_config: dict, report: ReportFunction,
     Returns the list of per-epoch metrics dicts (identical on every rank).
     """
     trial_start = time.perf_counter()
-    config = TrialConfig.from_dict(loop_config["trial"]).validate(tuple(METHODS), tuple(BACKBONES))
+    config = TrialConfig.from_dict(loop_config["trial"]).validate(tuple(BACKBONES))
     if loop_config.get("threads"):
         torch.set_num_threads(int(loop_config["threads"]))
     rank, world = distributed.rank(), distributed.world_size()
@@ -106,6 +106,9 @@ def run_training(loop_config: dict, report: ReportFunction,
                           text_key=data.text_key)
     train_rows, test_rows = data.rows("train"), data.rows("test")
     clean_train = data.labels[train_rows]
+    if config.noise_model == "balanced":   # the sweep's ρ− is the one used; it must be this cohort's
+        check_balanced_rho_neg(config.rho_pos, config.rho_neg, l_avg=data.manifest["l_avg_train"],
+                               num_labels=clean_train.shape[1])
     noise = apply_noise(clean_train, config.noise_model, config.rho_pos, config.rho_neg,
                         seed=config.effective_noise_seed, l_avg=data.manifest["l_avg_train"])
     observed = torch.from_numpy(noise.noisy.astype(np.float32)).to(device)

@@ -21,12 +21,14 @@ Losses (hyperparameter defaults = MIRACL Appendix A.5.2, fields of `TrialConfig`
 - `generalized_cross_entropy` — GCE L_q, Zhang & Sabuncu 2018, binary per-label form, q = 0.7.
 - `mllsc_loss`             — MLLSC, Ghiassi, Birke & Chen, ACML 2022 (PMLR 189), reconstructed
                              (see its docstring for what is and is not from a source).
+- `symmetric_cross_entropy` — SCE, Wang et al. ICCV 2019, α = 0.1, β = 1, A = −4 (the registry's
+                             example of an added method, not one of the paper's).
 - `MultiTransition` / `forward_corrected_bce` — Multi-T, Li et al. NeurIPS 2022: per-label
                              2×2 transition matrices estimated with label correlations, then
                              forward loss correction.
 
-`PAIR_LOSSES` maps the `TrialConfig.method` names to the functions and `pair_loss_for(config)`
-binds the configured hyperparameters.
+Which method uses which loss, and which `TrialConfig` fields feed its keywords, is the method
+registry's (`miracl_grid.trainables.registry`); `pair_loss_for(config)` binds them.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from miracl_grid.trainables.registry import METHODS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from miracl_grid.trainables.config import TrialConfig
@@ -205,6 +209,30 @@ def generalized_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, q:
     targets = targets.to(logits.dtype)
     positive = -torch.expm1(q * F.logsigmoid(logits)) / q
     negative = -torch.expm1(q * F.logsigmoid(-logits)) / q
+    return _reduce(targets * positive + (1.0 - targets) * negative, reduction)
+
+
+def symmetric_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, *, alpha: float = 0.1,
+                            beta: float = 1.0, log_zero: float = -4.0, reduction: str = "mean") -> torch.Tensor:
+    """Symmetric cross entropy, SCE (Wang et al., ICCV 2019), per label as a two-class problem:
+
+        ℓ = α·BCE(x, t) + β·RCE(x, t),   RCE = −Σ_k p_k log q_k with the label distribution q and
+        log 0 := A (``log_zero`` = −4), so  RCE(x, 1) = −A·(1 − p),  RCE(x, 0) = −A·p
+        ℓ(x, t) = t·ℓ(x, 1) + (1 − t)·ℓ(x, 0)
+
+    The reverse term is −A·|p − y| for a hard label y (a bounded, MAE-like loss, robust to label
+    noise); α = 0.1, β = 1 are the paper's CIFAR-10 values. At x = 0, y = 1: α·log 2 + β·(−A)/2.
+    The method registry's example of a method added by one record (README "Add a method").
+    Shapes: logits, targets B×L -> scalar (or B×L with ``reduction="none"``).
+    """
+    _check_pair_inputs("symmetric_cross_entropy", logits, targets, reduction)
+    _check_non_negative("symmetric_cross_entropy", alpha=alpha, beta=beta)
+    if not (log_zero < 0 and math.isfinite(log_zero)):
+        raise ValueError(f"symmetric_cross_entropy: log_zero = {log_zero!r}, expected a finite number < 0")
+    targets = targets.to(logits.dtype)
+    probability = torch.sigmoid(logits)
+    positive = -alpha * F.logsigmoid(logits) - beta * log_zero * (1.0 - probability)
+    negative = -alpha * F.logsigmoid(-logits) - beta * log_zero * probability
     return _reduce(targets * positive + (1.0 - targets) * negative, reduction)
 
 
@@ -512,33 +540,15 @@ class MultiTransition:
         return forward_corrected_bce(logits, targets, self.matrices, reduction=reduction)
 
 
-# ---------------------------------------------------------------------------------------
-# registry
-# ---------------------------------------------------------------------------------------
-PAIR_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "bce": binary_cross_entropy,
-    "focal": focal_loss,
-    "asl": asymmetric_loss,
-    "gce": generalized_cross_entropy,
-    "mllsc": mllsc_loss,
-}
-
-
 def pair_loss_for(config: "TrialConfig", method: str | None = None) -> Callable[..., torch.Tensor]:
     """The pair loss of ``method`` (default ``config.method``) with the configured
-    hyperparameters bound (METHOD §11): call it as ``loss(logits, targets, reduction=...)``
+    hyperparameters bound (METHOD §11), both from its registry record (``loss``, ``loss_fields``;
+    `miracl_grid.trainables.registry`): call it as ``loss(logits, targets, reduction=...)``
     (MLLSC also takes ``correction=``). MultiT is stateful: use `MultiTransition`."""
     name = config.method if method is None else method
-    if name not in PAIR_LOSSES:
+    record = METHODS.get(name)
+    if record is None or not record.loss:
         raise ValueError(f"config field 'method' = {name!r}: no pair loss; expected one of "
-                         f"{sorted(PAIR_LOSSES)} (MultiT: use MultiTransition)")
-    bound = {
-        "bce": {},
-        "focal": {"gamma": config.focal_gamma, "alpha": config.focal_alpha},
-        "asl": {"gamma_negative": config.asl_gamma_neg, "gamma_positive": config.asl_gamma_pos,
-                "clip": config.asl_clip, "detach_focusing_weight": config.asl_detach_focusing},
-        "gce": {"q": config.gce_q},
-        "mllsc": {"tau_positive": config.mllsc_tau_pos, "tau_negative": config.mllsc_tau_neg,
-                  "margin": config.mllsc_margin, "gamma": config.mllsc_gamma},
-    }[name]
-    return functools.partial(PAIR_LOSSES[name], **bound)
+                         f"{[n for n, r in METHODS.items() if r.loss]} (MultiT: use MultiTransition)")
+    bound = {keyword: getattr(config, field_name) for keyword, field_name in record.loss_fields.items()}
+    return functools.partial(record.loss_function(), **bound)

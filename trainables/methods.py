@@ -12,9 +12,9 @@ Interface used by `miracl_grid.trainables.loop`:
     end_epoch(epoch, statistics) -> EpochOutcome       after statistics are gathered on all ranks
     state_dict() / load_state_dict()                   resumable state (corrected labels, estimates)
 
-Registry `METHODS`: miracl, bce (FlexCare; also MedFuse/M3Care with their backbones), focal,
-asl, gce, mllsc, multit, cbmlc. Ablation rows of Table 4 are config switches of `miracl`
-(`use_correction`, `alpha`, `selection_signal`, `lambda_cons`).
+Which class trains which method is the registry's (`miracl_grid.trainables.registry.METHODS`):
+a record's ``trainer``, or `PairLossMethod` for a plain pair loss. Ablation rows of Table 4 are
+config switches of `miracl` (`use_correction`, `alpha`, `selection_signal`, `lambda_cons`).
 """
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ import torch
 
 from miracl_grid.trainables import losses
 from miracl_grid.trainables.backbones.base import BackboneOutput
-from miracl_grid.trainables.config import ConfigError, TrialConfig
+from miracl_grid.trainables.config import TrialConfig
 from miracl_grid.trainables.contrastive import patient_contrastive_loss
 from miracl_grid.trainables.correction import correct_labels
 from miracl_grid.trainables.gmm import fit_group_mixtures
+from miracl_grid.trainables.registry import METHODS
 from miracl_grid.trainables.schedule import beta, correction_active, first_corrected_epoch, selection_due, set_weight_decay
 from miracl_grid.trainables.selection import selection_metric
 from miracl_grid.trainables.statistics import PairStatistics
@@ -217,42 +218,27 @@ class MiraclMethod(Method):
 
 
 class PairLossMethod(Method):
-    """A baseline loss of METHOD §11 on the observed labels (BCE, Focal, ASL, GCE, MLLSC).
+    """A per-pair loss of METHOD §11 on the observed labels (BCE, Focal, ASL, GCE, CbMLC, ...): the
+    registry record's ``loss`` with its ``loss_fields`` bound from the config (`losses.pair_loss_for`).
+    CbMLC trains with ASL; its context regulariser is an auxiliary loss of its backbone."""
 
-    MLLSC's label correction starts after the first epoch, as in SPLC whose loss it builds on.
-    CbMLC trains with ASL; its context regulariser is an auxiliary loss of its backbone.
-    """
-
-    def __init__(self, config, observed, gather=None, *, loss_name: str):
+    def __init__(self, config, observed, gather=None):
         super().__init__(config, observed, gather)
         self.name = config.method
-        self.loss_name = loss_name
-        self.loss = losses.pair_loss_for(config, loss_name)
+        self.loss = losses.pair_loss_for(config)
 
     def supervised_loss(self, logits, targets, epoch):
-        if self.loss_name == "mllsc":
-            return self.loss(logits, targets, correction=epoch > 1)
         return self.loss(logits, targets)
 
 
-def _pair_loss_method(loss_name: str):
-    def build(config, observed, gather=None):
-        return PairLossMethod(config, observed, gather, loss_name=loss_name)
-    return build
+class MllscMethod(PairLossMethod):
+    """MLLSC: its label correction starts after the first epoch, as in SPLC whose loss it builds on."""
 
-
-METHODS: dict[str, Callable[..., Method]] = {
-    "miracl": MiraclMethod,
-    **{name: _pair_loss_method(name) for name in ("bce", "focal", "asl", "gce", "mllsc")},
-    "multit": MultiTMethod,
-    "cbmlc": _pair_loss_method("asl"),
-}
+    def supervised_loss(self, logits, targets, epoch):
+        return self.loss(logits, targets, correction=epoch > 1)
 
 
 def build_method(config: TrialConfig, *, observed: torch.Tensor, gather: GatherFunction | None = None) -> Method:
-    if config.method not in METHODS:
-        raise ConfigError(f"config field 'method' = {config.method!r}: expected one of {sorted(METHODS)}")
-    if config.method == "cbmlc" and config.backbone != "cbmlc":
-        raise ConfigError("config field 'backbone' must be 'cbmlc' when method is 'cbmlc' "
-                          "(its label-graph decoder and context regulariser live in the backbone)")
-    return METHODS[config.method](config, observed, gather)
+    """The `Method` the registry record of ``config.method`` names (`TrialConfig.validate`:
+    ConfigError for an unknown method or a backbone it cannot run on)."""
+    return METHODS[config.validate().method].trainer_class()(config, observed, gather)

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from miracl_grid.trainables.backbones import BACKBONES
-    from miracl_grid.trainables.methods import METHODS
+    from miracl_grid.trainables.registry import METHODS
 
     if args.list_methods:
         print("methods:  ", ", ".join(sorted(METHODS)))
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     values = {key[len("config_"):]: value for key, value in vars(args).items()
               if key.startswith("config_") and value is not None}
     try:
-        config = TrialConfig.from_dict(values).validate(tuple(METHODS), tuple(BACKBONES))
+        config = TrialConfig.from_dict(values).validate(tuple(BACKBONES))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -141,9 +141,17 @@ def main(argv: list[str] | None = None) -> int:
     from miracl_grid.data.dataset import CohortData
     from miracl_grid.data.errors import CohortError
 
+    from miracl_grid.data.noise import NoiseError, balanced_rho_neg, check_balanced_rho_neg
+
     try:  # the checks every worker would run (arrays, text key, text meta) fail here, before Ray starts
-        CohortData(cohort, text_key=config.text_feature_key or None)
-    except CohortError as error:
+        manifest = CohortData(cohort, text_key=config.text_feature_key or None).manifest
+        if config.noise_model == "balanced":    # ρ− from this cohort's L_avg, as a sweep derives it
+            l_avg, num_labels = manifest["l_avg_train"], manifest["num_labels"]
+            if "rho_neg" in values:
+                check_balanced_rho_neg(config.rho_pos, config.rho_neg, l_avg=l_avg, num_labels=num_labels)
+            else:
+                config = config.replace(rho_neg=balanced_rho_neg(config.rho_pos, l_avg, num_labels))
+    except (CohortError, NoiseError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
