@@ -65,17 +65,16 @@ def test_method_labels(arm, expected):
     assert method_label(*arm) == expected
 
 
-def test_labels_agree_with_the_grid_definitions():
+def test_labels_of_the_grid_arms_and_noise_settings_are_the_papers():
     sweeps = pytest.importorskip("miracl_grid.grid.sweeps")
-    for arm in sweeps.COMPARISON_METHODS:
-        fields = arm.fields
-        assert method_label(fields["method"], fields["backbone"], fields["variant"]) == arm.label
-    for arm in sweeps.ABLATION_VARIANTS:
-        fields = arm.fields
-        assert method_label(fields["method"], fields["backbone"], fields["variant"]) == arm.label
-    for text in sweeps.SWEEPS["main"].noise:
-        setting = sweeps.parse_noise_setting(text).resolve(4.575, 25)
-        assert noise_setting_label(setting.model, setting.rho_pos, setting.rho_neg) == setting.label
+    labels = [method_label(arm.fields["method"], arm.fields["backbone"], arm.fields["variant"])
+              for arm in (*sweeps.COMPARISON_ARMS, *sweeps.ABLATION_VARIANTS)]
+    assert labels == ["FlexCare", "Focal", "ASL", "GCE", "MLLSC", "MultiT", "MedFuse", "M3Care", "CbMLC", "MIRACL",
+                      "Baseline", "+Con.Reg.", "w/ Loss only", "w/ Difficulty only", "w/ Rank only", "MIRACL"]
+    settings = [sweeps.parse_noise_setting(text).resolve(4.575, 25) for text in sweeps.SWEEPS["main"].noise]
+    assert [noise_setting_label(*setting.trial_fields().values()) for setting in settings] == [
+        "Sym. 20%", "Sym. 40%", "Asym. (0,20)", "Asym. (0,40)", "Asym. (20,0)", "Asym. (40,0)",
+        "Bal. (20,4.48)", "Bal. (40,8.96)"]                            # the columns of Tables 2/3
 
 
 def test_noise_settings_sort_in_table_order():

@@ -326,7 +326,7 @@ _GRID = {
     "grid-old-methods-flag": (("--sweep", "main", "--methods", "miracl"),
                               ["--methods is now --arms", "use --arms miracl"]),
     "grid-unknown-method": (("--sweep", "main", "--set", "method=nosuch"),
-                            ["config field 'method' = 'nosuch'", "registered methods", "miracl, sce"]),
+                            ["config field 'method' = 'nosuch'", "registered methods", "'miracl', 'sce'"]),
     "grid-unknown-set-field": (("--sweep", "lambda_cons", "--set", "not_a_field=1"),
                                ["--set 'not_a_field=1'", "unknown config field 'not_a_field'"]),
     "grid-symmetric-unequal-rates": (("--sweep", "main", "--noise", "symmetric:0.2,0.3"),
@@ -373,7 +373,7 @@ def test_the_table_covers_every_requested_bad_input():
     assert len([n for n in CASES if n.startswith("data-")]) == 12
     assert len([n for n in CASES if n.startswith("config-")]) == 12
     assert len([n for n in CASES if n.startswith("cohort-")]) == 5
-    assert len([n for n in CASES if n.startswith("grid-")]) == 4
+    assert len([n for n in CASES if n.startswith("grid-")]) == 6
 
 
 # --------------------------------------------------------------------------- cohort-level inputs (not errors)

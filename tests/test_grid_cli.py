@@ -78,7 +78,7 @@ def test_unknown_method_fails_before_anything_starts(capsys, tmp_path, monkeypat
                  "--cohort-cache", str(tmp_path / "cohorts")])
     err = capsys.readouterr().err
     assert code == 2
-    assert "config field 'method' = 'nosuch'" in err and ", ".join(METHODS) in err
+    assert "config field 'method' = 'nosuch'" in err and str(list(METHODS)) in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cohorts").exists()
 
 

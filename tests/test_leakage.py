@@ -29,7 +29,8 @@ import miracl_grid.trainables.loop as loop_module
 from miracl_grid.data.noise import NOISE_MODELS, NoiseResult, apply_noise
 from miracl_grid.data.schema import PHENOTYPE_LABELS, TIMESERIES_HEADER
 from miracl_grid.trainables.config import TrialConfig
-from miracl_grid.trainables.methods import METHODS, build_method
+from miracl_grid.trainables.methods import build_method
+from miracl_grid.trainables.registry import METHODS
 from miracl_grid.trainables.metrics import correction_diagnostics
 from miracl_grid.trainables.statistics import PairStatistics
 
@@ -194,7 +195,7 @@ def test_flip_mask_is_exactly_the_label_difference(model):
 
 # --------------------------------------------------------------------------- (d) methods never see clean labels
 def test_no_method_factory_takes_clean_labels():
-    factories = {"build_method": build_method, **METHODS}
+    factories = {"build_method": build_method, **{name: record.trainer_class() for name, record in METHODS.items()}}
     for name, factory in factories.items():
         parameters = set(inspect.signature(factory).parameters)
         assert parameters == {"config", "observed", "gather"}, (name, parameters)

@@ -126,3 +126,16 @@ def test_every_epoch_reports_the_mechanism_diagnostics(tiny_cohort):
     assert 0.0 <= corrected["correction/negatives_in_z_minus"] <= 1.0
     assert corrected["correction/size_noisy_pos"] + corrected["correction/size_noisy_neg"] == \
         corrected["correction/size_noisy"]
+
+
+def test_a_balanced_trial_refuses_a_rho_neg_its_cohort_does_not_give(tiny_cohort):
+    from miracl_grid.data.materialise import load_manifest
+    from miracl_grid.data.noise import NoiseError, balanced_rho_neg
+
+    manifest = load_manifest(tiny_cohort)
+    derived = balanced_rho_neg(0.2, manifest["l_avg_train"], manifest["num_labels"])
+    with pytest.raises(NoiseError, match="rho_neg"):
+        _run(tiny_cohort, epochs=1, warmup_epochs=0, method="bce", noise_model="balanced", rho_pos=0.2, rho_neg=0.2)
+    history, _, _ = _run(tiny_cohort, epochs=1, warmup_epochs=0, method="bce", noise_model="balanced",
+                         rho_pos=0.2, rho_neg=derived)
+    assert history[-1]["noise/rho_neg_nominal"] == derived

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from miracl_grid.trainables.config import TrialConfig
 from miracl_grid.trainables.losses import (
-    PAIR_LOSSES,
     MultiTransition,
     asymmetric_loss,
     binary_cross_entropy,
@@ -20,7 +19,11 @@ from miracl_grid.trainables.losses import (
     generalized_cross_entropy,
     mllsc_loss,
     pair_loss_for,
+    symmetric_cross_entropy,
 )
+from miracl_grid.trainables.registry import METHODS
+
+PAIR_LOSSES = {name: record.loss_function() for name, record in METHODS.items() if record.loss}
 
 
 @pytest.fixture(autouse=True)
@@ -393,6 +396,28 @@ def test_multit_input_validation():
         MultiTransition.estimate(np.zeros((3, 2)), np.array([[0, 1], [2, 0], [1, 1]]))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         MultiTransition.estimate(np.full((3, 2), 1.5), np.zeros((3, 2)))
+
+
+# --------------------------------------------------------------------------------- SCE
+def test_symmetric_cross_entropy_hand_computed():
+    # x = 0: p = 1/2, BCE = log 2 for either label, RCE = -A·1/2 = 2 (A = -4)
+    zero = torch.zeros(1, 2)
+    assert symmetric_cross_entropy(zero, torch.tensor([[1.0, 0.0]]), reduction="none").flatten().tolist() == \
+        pytest.approx([0.1 * math.log(2) + 2.0] * 2)
+    # x = log 3: p = 3/4. y = 1: α·log(4/3) + β·4·(1/4); y = 0: α·log 4 + β·4·(3/4); t = 0.5 mixes them
+    x = torch.full((1, 3), math.log(3.0))
+    values = symmetric_cross_entropy(x, torch.tensor([[1.0, 0.0, 0.5]]), alpha=0.5, beta=2.0, reduction="none")
+    positive, negative = 0.5 * math.log(4 / 3) + 2.0 * 1.0, 0.5 * math.log(4.0) + 2.0 * 3.0
+    assert values.flatten().tolist() == pytest.approx([positive, negative, (positive + negative) / 2])
+    # β = 0 is α·BCE; α = 0 is the bounded reverse term −A·|p − y|
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(1)) * 4
+    hard = (logits > 0.5).double()
+    assert symmetric_cross_entropy(logits, hard, alpha=1.0, beta=0.0).item() == pytest.approx(
+        binary_cross_entropy(logits, hard).item())
+    assert symmetric_cross_entropy(logits, hard, alpha=0.0, beta=1.0, reduction="none").flatten().tolist() == \
+        pytest.approx((4.0 * (torch.sigmoid(logits) - hard).abs()).flatten().tolist())
+    with pytest.raises(ValueError, match="log_zero"):
+        symmetric_cross_entropy(zero, zero, log_zero=0.0)
 
 
 # ----------------------------------------------------------------- inputs / registry

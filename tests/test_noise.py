@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
 
-from miracl_grid.data.noise import NOISE_MODELS, NoiseError, apply_noise, balanced_rho_neg
+from miracl_grid.data.noise import NOISE_MODELS, NoiseError, apply_noise, balanced_rho_neg, check_balanced_rho_neg
 
 CONFIDENCE = 0.999
 
@@ -272,5 +272,12 @@ def test_bad_rates_models_and_seeds_are_named():
 
 
 def test_model_names_match_the_trial_config():
-    from miracl_grid.trainables.config import NOISE_MODELS as CONFIG_NOISE_MODELS
-    assert NOISE_MODELS == CONFIG_NOISE_MODELS
+    from miracl_grid.trainables import config
+    assert config.NOISE_MODELS is NOISE_MODELS
+
+
+def test_a_balanced_trial_checks_the_rho_neg_its_sweep_derived():
+    derived = 0.2 * 4.575 / (25 - 4.575)                       # 0.044798...
+    assert check_balanced_rho_neg(0.2, derived, l_avg=4.575, num_labels=25) == derived
+    with pytest.raises(NoiseError, match=r"'rho_neg' = 0.2: .*l_avg_train = 4.0.*0.0380952"):
+        check_balanced_rho_neg(0.2, 0.2, l_avg=4.0, num_labels=25)      # 0.2·4/21, another cohort's L_avg

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from miracl_grid.analysis.labels import noise_setting_label
 from miracl_grid.grid.presets import PRESETS, preset_runtime, preset_trial_defaults
-from miracl_grid.grid.sweeps import (COMPARISON_METHODS, SWEEPS, NoiseSetting, SweepError, Trial, describe_sweeps,
+from miracl_grid.grid.sweeps import (COMPARISON_ARMS, SWEEPS, NoiseSetting, SweepError, Trial, describe_sweeps,
                          expand_sweep, format_trials, parse_noise_setting, parse_noise_settings,
                          parse_set_arguments)
 from miracl_grid.trainables.config import ConfigError, TrialConfig
@@ -62,7 +63,7 @@ def test_main_sweep_covers_eight_noise_settings_ten_methods_three_seeds():
         cells.setdefault(key, []).append((t.config["method"], t.config["backbone"]))
     assert len(cells) == 24
     assert all(sorted(v) == sorted(expected_methods) for v in cells.values())
-    assert [arm.name for arm in COMPARISON_METHODS] == ["flexcare", "focal", "asl", "gce", "mllsc", "multit",
+    assert [arm.name for arm in COMPARISON_ARMS] == ["flexcare", "focal", "asl", "gce", "mllsc", "multit",
                                                         "medfuse", "m3care", "cbmlc", "miracl"]
 
 
@@ -142,10 +143,10 @@ def test_set_single_value_applies_to_every_trial_without_changing_count():
 
 
 def test_set_on_a_sweep_dimension_replaces_it():
-    trials = expand("lambda_cons", overrides=parse_set_arguments(["lambda_cons=0,0.1"]), methods="miracl")
+    trials = expand("lambda_cons", overrides=parse_set_arguments(["lambda_cons=0,0.1"]), arms="miracl")
     assert len(trials) == 2 * 2 * 3
     assert {t.config["lambda_cons"] for t in trials} == {0.0, 0.1}
-    one = expand("lambda_cons", overrides={"lambda_cons": 0.2}, methods="miracl")
+    one = expand("lambda_cons", overrides={"lambda_cons": 0.2}, arms="miracl")
     assert len(one) == 2 * 3 and {t.config["lambda_cons"] for t in one} == {0.2}
 
 
@@ -156,7 +157,7 @@ def test_baselines_skip_the_sweep_grid_but_take_added_dimensions():
     assert len(widened) == 2 * len(base)                     # across tau, not across lambda_cons
     assert {t.config["tau"] for t in widened} == {0.01, 0.05}
     assert "flexcare_sym40-40_tau0.05_s100" in {t.name for t in widened}
-    only = expand("lambda_cons", methods="flexcare")
+    only = expand("lambda_cons", arms="flexcare")
     assert [t.config["method"] for t in only] == ["bce"] * 6
 
 
@@ -172,16 +173,16 @@ def test_parse_set_arguments_shapes_and_errors():
     assert parse_set_arguments(["extra.tag=x"]) == {"extra.tag": ("x",)}
 
 
-def test_methods_narrowing_and_unknown_method_error():
-    trials = expand("main", methods="miracl,asl,medfuse")
+def test_arms_narrowing_and_unknown_arm_error():
+    trials = expand("main", arms="miracl,asl,medfuse")
     assert len(trials) == 8 * 3 * 3
     assert {(t.config["method"], t.config["backbone"]) for t in trials} == {
         ("miracl", "flexcare"), ("asl", "flexcare"), ("bce", "medfuse")}
-    assert len(expand("main", methods=["flexcare"])) == 24
+    assert len(expand("main", arms=["flexcare"])) == 24
     with pytest.raises(SweepError) as error:
-        expand("main", methods="miracl,medfus")
+        expand("main", arms="miracl,medfus")
     assert "'medfus'" in str(error.value) and "medfuse" in str(error.value) and "cbmlc" in str(error.value)
-    narrowed = expand("ablation", methods="full,baseline")
+    narrowed = expand("ablation", arms="full,baseline")
     assert {t.config["variant"] for t in narrowed} == {"full", "baseline"} and len(narrowed) == 18
 
 
@@ -217,12 +218,12 @@ def test_unknown_field_noise_and_sweep_errors_name_the_token():
 # ----------------------------------------------------------------------------------- precedence
 def test_precedence_defaults_preset_sweep_set():
     preset = {"epochs": 7, "lambda_cons": 0.3, "hidden_size": 64, "alpha": 0.3}
-    trials = expand("lambda_cons", preset=preset, methods="miracl")
+    trials = expand("lambda_cons", preset=preset, arms="miracl")
     assert {t.config["epochs"] for t in trials} == {7}                       # preset > default
     assert {t.config["hidden_size"] for t in trials} == {64}
     assert {t.config["lambda_cons"] for t in trials} == {0.0, 0.01, 0.05, 0.1, 0.2, 0.5}   # sweep > preset
     assert {t.config["batch_size"] for t in trials} == {128}                 # untouched default
-    overridden = expand("lambda_cons", preset=preset, overrides={"epochs": 9, "lambda_cons": 0.2}, methods="miracl")
+    overridden = expand("lambda_cons", preset=preset, overrides={"epochs": 9, "lambda_cons": 0.2}, arms="miracl")
     assert {t.config["epochs"] for t in overridden} == {9}                   # --set > preset
     assert {t.config["lambda_cons"] for t in overridden} == {0.2}            # --set > sweep
     ablation = {t.config["variant"]: t.config for t in expand("ablation", preset=preset, seeds=[30],
@@ -250,7 +251,7 @@ def test_duplicate_configs_collapse():
 ])
 def test_noise_setting_labels_and_fields(text, label, fields):
     setting = parse_noise_setting(text)
-    assert setting.label == label
+    assert noise_setting_label(*setting.trial_fields().values()) == label    # the table label of its trials
     model, rho_pos, rho_neg = fields
     assert setting.trial_fields() == {"noise_model": model, "rho_pos": pytest.approx(rho_pos),
                                       "rho_neg": pytest.approx(rho_neg)}
@@ -258,13 +259,13 @@ def test_noise_setting_labels_and_fields(text, label, fields):
 
 def test_balanced_label_and_resolution():
     setting = parse_noise_setting("balanced:0.2")
-    assert setting.rho_neg is None and setting.label == "Bal. 20%"
+    assert setting.rho_neg is None and setting.slug == "bal20-auto"
     with pytest.raises(SweepError, match="resolve"):
         setting.trial_fields()
     resolved = setting.resolve(L_AVG, NUM_LABELS)
-    assert resolved.label == "Bal. (20,4.48)"
+    assert noise_setting_label(*resolved.trial_fields().values()) == "Bal. (20,4.48)"
     assert resolved.rho_neg == pytest.approx(BALANCED_20, abs=1e-12)
-    assert parse_noise_setting("balanced:0.4").resolve(L_AVG, NUM_LABELS).label == "Bal. (40,8.96)"
+    assert parse_noise_setting("balanced:0.4").resolve(L_AVG, NUM_LABELS).slug == "bal40-8.96"
 
 
 @pytest.mark.parametrize("text, token", [
@@ -280,7 +281,7 @@ def test_bad_noise_strings_raise_naming_the_token(text, token):
 def test_parse_noise_settings_accepts_lists_and_strings():
     settings = parse_noise_settings("symmetric:0.2;asymmetric:0,0.4  balanced:0.2")
     assert [s.model for s in settings] == ["symmetric", "asymmetric", "balanced"]
-    assert parse_noise_settings([NoiseSetting("symmetric", 0.4, 0.4)])[0].label == "Sym. 40%"
+    assert parse_noise_settings([NoiseSetting("symmetric", 0.4, 0.4)])[0].slug == "sym40-40"
 
 
 # -------------------------------------------------------------------------------- text output
@@ -297,7 +298,10 @@ def test_describe_and_format_trials():
 
 # ------------------------------------------------------------------------------------- presets
 def test_paper_preset_is_method_section_7():
-    trial = preset_trial_defaults("paper")
+    assert preset_trial_defaults("paper") == {}        # the TrialConfig defaults are the paper's
+    trial = TrialConfig.from_dict(preset_trial_defaults("paper")).to_flat_dict()
+    assert (trial["lambda_cons"], trial["alpha"], trial["tau"], trial["hidden_size"], trial["fusion_layers"],
+            trial["num_experts"]) == (0.1, 0.5, 0.02, 128, 4, 10)
     assert (trial["epochs"], trial["batch_size"], trial["warmup_epochs"], trial["learning_rate"],
             trial["cosine_t_max"], trial["max_series_bins"], trial["max_note_tokens"]) == \
         (30, 128, 5, 1e-3, 10, 512, 512)
@@ -306,8 +310,9 @@ def test_paper_preset_is_method_section_7():
 
 def test_quick_preset_keeps_the_paper_schedule_and_is_smaller_and_valid_for_every_sweep():
     trial, runtime = preset_trial_defaults("quick"), preset_runtime("quick")
-    paper = preset_trial_defaults("paper")
-    assert (trial["epochs"], trial["warmup_epochs"], trial["cosine_t_max"]) == (30, 5, 10)   # METHOD §7
+    paper = TrialConfig.from_dict(preset_trial_defaults("paper")).to_flat_dict()
+    schedule = TrialConfig.from_dict(trial)
+    assert (schedule.epochs, schedule.warmup_epochs, schedule.cosine_t_max) == (30, 5, 10)   # METHOD §7
     assert runtime["cosine_t_max"] == 10 and tuple(runtime["seeds"]) == (30, 40, 100)
     for field in ("hidden_size", "max_note_tokens", "max_series_bins"):
         assert trial[field] < paper[field], field
@@ -317,7 +322,29 @@ def test_quick_preset_keeps_the_paper_schedule_and_is_smaller_and_valid_for_ever
     for name in SWEEPS:
         trials = expand(name, preset=trial, preset_seeds=runtime["seeds"])
         assert {t.config["hidden_size"] for t in trials} == {64}
-    trial["epochs"] = 99                                              # a copy, not the table
-    assert PRESETS["quick"]["trial"]["epochs"] != 99
+    trial["hidden_size"] = 99                                         # a copy, not the table
+    assert PRESETS["quick"]["trial"]["hidden_size"] != 99
     with pytest.raises(ConfigError, match="laptop"):
         preset_trial_defaults("laptop")
+
+
+# -------------------------------------------------------------------------------- registry, noise tables
+def test_every_noise_model_has_a_cli_grammar_and_a_slug():
+    from miracl_grid.data.noise import NOISE_MODELS
+    from miracl_grid.grid import sweeps
+
+    assert set(sweeps._RATE_COUNTS) == set(NOISE_MODELS) == set(sweeps._SLUGS)
+
+
+def test_every_registered_method_is_an_arm_and_a_bad_method_fails_at_expansion():
+    from miracl_grid.grid.sweeps import METHOD_ARMS
+    from miracl_grid.trainables.registry import METHODS
+
+    assert {arm.fields["method"] for arm in METHOD_ARMS.values()} == set(METHODS)
+    assert METHOD_ARMS["medfuse"].fields == {"method": "bce", "backbone": "medfuse", "variant": "MedFuse"}
+    sce = expand("main", arms="sce", seeds=[30], noise="symmetric:0.2")
+    assert [t.name for t in sce] == ["sce_sym20-20_s30"] and sce[0].config["variant"] == "SCE"
+    with pytest.raises(ConfigError, match=r"config field 'method' = 'nosuch'.*miracl"):
+        expand("lambda_cons", overrides={"method": "nosuch"})
+    with pytest.raises(ConfigError, match="backbone"):           # CbMLC's decoder lives in its backbone
+        expand("main", arms="asl", overrides={"method": "cbmlc"})

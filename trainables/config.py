@@ -205,7 +205,7 @@ class TrialConfig:
             raise ConfigError(f"config field '{name}' = {getattr(self, name)!r}: expected {expected}")
 
         if self.method not in METHODS:
-            fail("method", f"one of the registered methods {', '.join(METHODS)}")
+            fail("method", f"one of the registered methods {list(METHODS)}")
         if not METHODS[self.method].runs_on(self.backbone):
             fail("backbone", f"{' or '.join(METHODS[self.method].backbones)} (method {self.method!r} runs on "
                              "no other backbone)")

@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from miracl_grid.data.dataset import CohortData, CohortDataset, collate
-from miracl_grid.data.noise import apply_noise
+from miracl_grid.data.noise import apply_noise, check_balanced_rho_neg
 from miracl_grid.data.staging import stage_cohort
 from miracl_grid.trainables import distributed
 from miracl_grid.trainables.backbones import BACKBONES, build_backbone
