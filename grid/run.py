@@ -50,7 +50,9 @@ PAPER_L_AVG, PAPER_NUM_LABELS = 4.575, 25   # MIMIC-IV PHE (METHOD §10), for --
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python grid/run.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", help="main, lambda_cons, alpha, ablation, stability")
+    from miracl_grid.grid.sweeps import SWEEPS
+
+    parser.add_argument("--sweep", help=", ".join(SWEEPS))
     parser.add_argument("--list", action="store_true", help="print the sweeps and their trial counts")
     parser.add_argument("--dry-run", action="store_true", help="print the trials, run nothing")
     data = parser.add_argument_group("data")

@@ -249,7 +249,7 @@ def test_widened_sweep_runs_only_the_new_cells(ray_session, tiny_cohort, tmp_pat
 def test_every_method_runs_through_the_ddp_grid(ray_session, tiny_cohort, tmp_path):
     """The `main` sweep's ten methods/backbones, two epochs each, each a 2-worker DDP trial."""
     from miracl_grid.grid.run import main
-    from miracl_grid.grid.sweeps import COMPARISON_METHODS
+    from miracl_grid.grid.sweeps import COMPARISON_ARMS
 
     settings = [item for key, value in {**TINY, "warmup_epochs": 1}.items()
                 for item in ("--set", f"{key}={value}")]
@@ -259,8 +259,8 @@ def test_every_method_runs_through_the_ddp_grid(ray_session, tiny_cohort, tmp_pa
     assert main(arguments) == 0
     frame = pd.read_parquet(tmp_path / "main" / "results.parquet")
     last = frame[frame["is_last_epoch"]]
-    assert len(last) == len(COMPARISON_METHODS) == 10
-    assert set(last["config/variant"]) == {arm.label for arm in COMPARISON_METHODS}
+    assert len(last) == len(COMPARISON_ARMS) == 10
+    assert set(last["config/variant"]) == {arm.label for arm in COMPARISON_ARMS}
     assert last["test/mAP"].between(0, 1).all() and np.isfinite(last["train/loss"]).all()
     assert last.loc[last["config/method"] == "miracl", "correction/active"].all()
     assert not last.loc[last["config/method"] != "miracl", "correction/active"].any()
