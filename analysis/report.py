@@ -46,7 +46,7 @@ from miracl_grid.analysis.collect import (EXPECTED_TRIALS, METHOD_LABEL, NOISE_S
 from miracl_grid.analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, epoch_panels_plot,
                               has_columns, method_epoch_plot, save_figure, selection_components_plot,
                               selection_histogram_plot, sensitivity_plot, set_size_plot)
-from miracl_grid.analysis.labels import REFERENCE_METHOD, method_sort_key
+from miracl_grid.analysis.labels import ABLATION_LABELS, REFERENCE_METHOD, method_sort_key
 from miracl_grid.analysis.mechanism import (CORRECTION_COLUMNS, MEMORISATION_COLUMNS, SET_COLUMNS, auc_columns,
                                 diagnostics_table, epoch_peak_table, findings, run_context)
 from miracl_grid.analysis.tables import (STABILITY_METRICS, Table, ablation_table, comparison_table, markdown_code,
@@ -54,6 +54,7 @@ from miracl_grid.analysis.tables import (STABILITY_METRICS, Table, ablation_tabl
                              significance_report, slug, stability_table)
 from miracl_grid.grid.sweeps import SWEEPS
 from miracl_grid.trainables.config import TrialConfig
+from miracl_grid.trainables.registry import display_label
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +237,8 @@ def _comparison_at_default(writer: _Writer, finals: pd.DataFrame, sweep: str, pa
                  prefix=sweep)
 
 
-COMPARATORS = ("FlexCare", "Baseline")      # MIRACL's reference arm in the main/λ_cons and ablation sweeps
+# MIRACL's reference arm in the main/λ_cons sweeps (BCE on FlexCare) and in the ablation sweep
+COMPARATORS = (display_label("bce"), ABLATION_LABELS["baseline"])
 AUC_CHANCE = "chance/auc"
 
 

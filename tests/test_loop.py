@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from miracl_grid.trainables.loop import load_training_state, run_training
-from miracl_grid.trainables.methods import METHODS
+from miracl_grid.trainables.registry import METHODS
 
 TINY = dict(epochs=3, warmup_epochs=1, batch_size=32, hidden_size=32, fusion_layers=1, fusion_heads=2,
             num_experts=4, top_k_experts=2, max_note_tokens=32, max_series_bins=24, cosine_t_max=2,
