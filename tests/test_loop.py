@@ -139,3 +139,10 @@ def test_a_balanced_trial_refuses_a_rho_neg_its_cohort_does_not_give(tiny_cohort
     history, _, _ = _run(tiny_cohort, epochs=1, warmup_epochs=0, method="bce", noise_model="balanced",
                          rho_pos=0.2, rho_neg=derived)
     assert history[-1]["noise/rho_neg_nominal"] == derived
+
+
+def test_the_single_trial_cli_refuses_a_hand_set_balanced_rho_neg_before_ray(tiny_cohort, capsys):
+    from miracl_grid.trainables.train import main
+
+    assert main(["--data", str(tiny_cohort), "--noise-model", "balanced", "--rho-pos", "0.2", "--rho-neg", "0.2"]) == 2
+    assert "config field 'rho_neg' = 0.2: balanced noise" in capsys.readouterr().err

@@ -281,3 +281,21 @@ def test_a_balanced_trial_checks_the_rho_neg_its_sweep_derived():
     assert check_balanced_rho_neg(0.2, derived, l_avg=4.575, num_labels=25) == derived
     with pytest.raises(NoiseError, match=r"'rho_neg' = 0.2: .*l_avg_train = 4.0.*0.0380952"):
         check_balanced_rho_neg(0.2, 0.2, l_avg=4.0, num_labels=25)      # 0.2·4/21, another cohort's L_avg
+
+
+def test_one_rate_range_for_the_noise_code_the_config_and_the_cli():
+    from miracl_grid.data.noise import RATE_RANGE, is_rate
+    from miracl_grid.grid.sweeps import SweepError, parse_noise_setting
+    from miracl_grid.trainables.config import FIELD_RANGES, ConfigError, FieldRange, TrialConfig
+
+    interval = FieldRange.parse(RATE_RANGE)
+    assert FIELD_RANGES["rho_pos"] == FIELD_RANGES["rho_neg"] == RATE_RANGE
+    for value, inside in ((0.0, True), (0.999, True), (1.0, False), (-0.01, False), (float("nan"), False)):
+        assert is_rate(value) is inside and interval.contains(value) is inside, value
+    assert not is_rate(True)
+    with pytest.raises(ConfigError, match=r"a rate in \[0, 1\)"):
+        TrialConfig(rho_pos=1.0)
+    with pytest.raises(SweepError, match=r"outside \[0, 1\)"):
+        parse_noise_setting("asymmetric:0,1")
+    with pytest.raises(NoiseError, match=r"a rate in \[0, 1\)"):
+        balanced_rho_neg(1.0, 4.0, 25)

@@ -114,7 +114,7 @@ class TrialConfig:
     # --- what is compared -------------------------------------------------------------
     method: str = "miracl"                 # a `miracl_grid.trainables.registry.METHODS` name: miracl, bce, asl, ...
     backbone: str = DEFAULT_BACKBONE       # registry name: flexcare, medfuse, m3care, cbmlc
-    variant: str = "full"                  # Table 4 label of a MIRACL ablation row (informational)
+    variant: str = "full"                  # the arm's row: a Table 4 ablation slug or a compared arm's label (informational)
     seed: int = 30                         # model init / data order seed
     # --- noise (METHOD §2) ---------------------------------------------------------------
     noise_model: str = "symmetric"
