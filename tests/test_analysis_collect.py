@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from miracl_grid.analysis.collect import (IncompleteSweepError, ResultsError, annotate, check_complete, infer_expected_cells,
-                              last_epoch, load_results, missing_by_sweep, noise_setting_order)
+                              last_epoch, load_results, load_sweep, missing_by_sweep, noise_setting_order)
 from miracl_grid.analysis.labels import method_label, noise_setting_label
 
 
@@ -151,7 +151,7 @@ def test_sweep_folder_without_results_file(tmp_path):
     assert status == {finished: "TERMINATED", part_way: "INCOMPLETE", failed: "ERROR"}
     assert frame.loc[frame["is_last_epoch"] & (frame["status"] == "TERMINATED"), "trial_id"].tolist() == [finished]
     assert last_epoch(frame, finished_only=True)["epoch"].tolist() == [3]
-    assert len(frame.attrs["expected_trials"]) == 3
+    assert len(load_sweep(tmp_path / "lambda_cons")[1]) == 3
 
 
 def test_sweep_folder_bad_file_names_it(tmp_path):
