@@ -129,8 +129,7 @@ def run_training(loop_config: dict, report: ReportFunction,
     model = build_backbone(config.backbone, config, num_labels=num_labels,
                            series_channels=int(data.manifest["series"]["channels"]),
                            note_dim=data.note_dim,
-                           label_name_embeddings=None if label_embeddings is None
-                           else torch.from_numpy(np.asarray(label_embeddings, dtype=np.float32)))
+                           label_name_embeddings=torch.from_numpy(np.asarray(label_embeddings, dtype=np.float32)))
     model.to(device)
     parameters = list(model.parameters())
     # the fused kernel: one pass over all parameters instead of ~10 ops per tensor (same update)
