@@ -10,7 +10,8 @@ import torch
 import torch.distributed as distributed
 
 from gloo import run_on_gloo
-from miracl_grid.trainables.statistics import (MAX_EPOCHS, PairStatistics, StatisticsError, distributed_all_gather,
+from miracl_grid.trainables.distributed import all_gather_variable
+from miracl_grid.trainables.statistics import (MAX_EPOCHS, PairStatistics, StatisticsError,
                                    history_difficulty)
 
 
@@ -209,7 +210,7 @@ def _gloo_worker(rank: int, world: int, init_file: str, queue) -> None:
         index = torch.tensor([0, 2, 4, 6] if rank == 0 else [1, 3, 5])  # uneven shards
         probabilities = torch.full((index.numel(), 2), 0.25) + index.reshape(-1, 1) / 10
         stats.record_batch(index, probabilities, torch.zeros(index.numel(), 2))
-        stats.gather(distributed_all_gather)
+        stats.gather(all_gather_variable)      # what the loop gathers with
         stats.close_epoch()
         queue.put((rank, stats.probabilities.numpy().copy(), stats.history.numpy().copy()))
     finally:

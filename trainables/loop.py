@@ -197,7 +197,7 @@ def run_training(loop_config: dict, report: ReportFunction,
         # 4. diagnostics against clean labels (outside the method), evaluation -------------
         metrics: dict[str, Any] = {"epoch": epoch, **placement}
         metrics.update(_train_terms(term_sums, num_train, device))
-        metrics.update(_noise_metrics(noise))
+        metrics.update({f"noise/{key}": value for key, value in noise.summary().items()})
         diagnostics = correction_diagnostics(
             corrected=outcome.corrected, observed=observed, clean=clean, flip_mask=flip_mask,
             partition=outcome.partition, predictions=statistics.probabilities)
@@ -358,13 +358,6 @@ def _train_terms(term_sums: dict[str, float], num_train: int, device: torch.devi
     metrics = {f"train/loss_{name}": float(total) / num_train for name, total in zip(names, totals)}
     metrics["train/loss"] = sum(metrics.values())
     return metrics
-
-
-def _noise_metrics(noise) -> dict[str, float]:
-    return {"noise/realised_rho_pos": float(noise.realised_rho_pos),
-            "noise/realised_rho_neg": float(noise.realised_rho_neg),
-            "noise/flipped_pairs": int(noise.flip_mask.sum()),
-            "noise/rho_neg_nominal": float(noise.rho_neg)}
 
 
 def _write_artifact(artifact_dir: str | None, epoch: int, artifact: dict | None, rank: int, *,

@@ -199,15 +199,6 @@ class PairStatistics:
         self.epochs_recorded = epochs
 
 
-# ----------------------------------------------------------------------------------------
-def distributed_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """``torch.distributed.all_gather`` as a function (equal shapes; default group) for `gather`."""
-    import torch.distributed as distributed
-    gathered = [torch.empty_like(tensor) for _ in range(distributed.get_world_size())]
-    distributed.all_gather(gathered, tensor)
-    return gathered
-
-
 def pair_bce(probabilities: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """Element-wise BCE −[y log p + (1−y) log(1−p)] (logs clamped at −100 like torch). B×L → B×L."""
     return torch.nn.functional.binary_cross_entropy(probabilities.float(), observed.float(),
