@@ -57,22 +57,18 @@ class IncompleteSweepError(ResultsError):
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-def load_results(path: str | Path) -> pd.DataFrame:
+def load_results(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Read ``results.parquet`` (the file, or a sweep folder holding it) or a sweep folder without it.
 
-    Returns one row per trial × epoch in the results schema (columns ``trial_id``, ``sweep``,
-    ``experiment``, ``epoch``, ``is_last_epoch``, ``status``, ``config/*``, metrics …), sorted
-    by trial and epoch; ``frame.attrs["source"]`` names the file read. Raises `ResultsError` for
-    a missing path, an empty result, an unreadable file or missing required columns (naming the
-    file and the column). `load_sweep` also returns the registered trials.
+    Returns (results, trials). results: one row per trial × epoch in the results schema (columns
+    ``trial_id``, ``sweep``, ``experiment``, ``epoch``, ``is_last_epoch``, ``status``,
+    ``config/*``, metrics …), sorted by trial and epoch, ``attrs["source"]`` naming the file
+    read. trials: the sweep's registered trials (``trials.parquet``), or None where unknown;
+    they travel beside the results, never in their ``attrs`` (pandas compares attrs with ``==``
+    when it concatenates, which a frame there breaks). Raises `ResultsError` for a missing
+    path, an empty result, an unreadable file or missing required columns (naming the file and
+    the column).
     """
-    return load_sweep(path)[0]
-
-
-def load_sweep(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(`load_results`' frame, the sweep's registered trials — ``trials.parquet`` — or None where
-    unknown). The trials travel beside the frame, never in its ``attrs``: pandas compares attrs
-    with ``==`` when it concatenates, which a frame there breaks."""
     frame, trials, source = read_results(path)
     frame = _normalise(frame, source)
     frame.attrs["source"] = str(source)

@@ -40,7 +40,7 @@ import pandas as pd
 
 from miracl_grid.analysis.collect import (FINISHED_STATUS, METHOD_LABEL, NOISE_SETTING, SEED_COLUMN,
                               IncompleteSweepError, ResultsError, annotate, config_columns, design_factors,
-                              expected_cells_from_trials, format_cell, last_epoch, load_sweep, missing_by_sweep,
+                              expected_cells_from_trials, format_cell, last_epoch, load_results, missing_by_sweep,
                               noise_setting_order, varying_and_constant)
 from miracl_grid.analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, epoch_panels_plot,
                               has_columns, method_epoch_plot, save_figure, selection_components_plot,
@@ -607,7 +607,7 @@ def write_report(run_dir: str | Path, *, allow_partial: bool = False, metric: st
     Expected cells default to the sweep's registered trials (``trials.parquet``) where the grid
     wrote them, else they are inferred from the results."""
     run_dir = Path(run_dir)
-    frame, trials = load_sweep(run_dir)
+    frame, trials = load_results(run_dir)
     base = run_dir if run_dir.is_dir() else run_dir.parent
     description = "expected cells as given by the caller"
     if expected_cells is None and trials is not None:

@@ -122,7 +122,6 @@ def test_artifact_round_trip(tmp_path):
     assert artifact.num_groups == 3 and artifact.epoch == 12
     assert artifact.z_offsets.tolist() == [0, 75, 151, 228]
     assert artifact.group_name(1) == "phenotype 4 (negative)"
-    assert artifact.find_group("phenotype 5", 1) == 2
     assert set(artifact.components) == {"rank_values", "difficulty_values"}
 
 

@@ -32,7 +32,7 @@ from miracl_grid.trainables.contrastive import patient_contrastive_loss
 from miracl_grid.trainables.correction import correct_labels
 from miracl_grid.trainables.gmm import fit_group_mixtures
 from miracl_grid.trainables.schedule import beta, correction_active, first_corrected_epoch, selection_due, set_weight_decay
-from miracl_grid.trainables.selection import selection_components, selection_metric
+from miracl_grid.trainables.selection import group_class, group_label, selection_components, selection_metric
 from miracl_grid.trainables.statistics import PairStatistics
 
 logger = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ class MiraclMethod(Method):
             difficulty = statistics.difficulty(self.config.difficulty)
         components = selection_components(statistics.probabilities, self.observed, difficulty=difficulty,
                                           bce=statistics.bce, rank_orientation=self.config.rank_orientation)
-        return {"label_index": (groups // 2).cpu().numpy(), "observed_class": (groups % 2).cpu().numpy(),
+        return {"label_index": group_label(groups).cpu().numpy(), "observed_class": group_class(groups).cpu().numpy(),
                 "z_values": z[every].cpu().numpy(), "z_offsets": offsets,
                 "partition": partition[every].cpu().numpy().astype(np.int8),
                 "means": parameters["means"][groups.cpu().numpy()],

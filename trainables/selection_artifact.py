@@ -77,20 +77,6 @@ class SelectionArtifact:
                 else f"label {label}")
         return f"{name} ({'positive' if int(self.observed_class[group]) == 1 else 'negative'})"
 
-    def find_group(self, label: int | str, observed_class: int = 1) -> int:
-        """Index of the group of `label` (index or name) and `observed_class`."""
-        if isinstance(label, str):
-            if self.label_names is None:
-                raise ArtifactError(f"{self.path}: no 'label_names' array to look up '{label}'")
-            matches = np.flatnonzero(self.label_names.astype(str) == label)
-            if matches.size == 0:
-                raise ArtifactError(f"{self.path}: label '{label}' not in 'label_names'")
-            label = int(matches[0])
-        hits = np.flatnonzero((self.label_index == int(label)) & (self.observed_class == int(observed_class)))
-        if hits.size == 0:
-            raise ArtifactError(f"{self.path}: no group for label {label}, observed class {observed_class}")
-        return int(hits[0])
-
 
 def artifact_path(folder: str | Path, epoch: int) -> Path:
     """``folder/selection_epoch007.npz``: where the artifact of `epoch` is written."""

@@ -154,11 +154,6 @@ class PairStatistics:
         self.epochs_recorded += 1
         self.recorded.zero_()
 
-    def correctness(self) -> torch.Tensor:
-        """Correctness history unpacked: bool E×N×L (E = epochs_recorded; for tests/artifacts)."""
-        shifts = torch.arange(self.epochs_recorded, device=self.device).reshape(-1, 1, 1)
-        return ((self.history.unsqueeze(0) >> shifts) & 1).bool()
-
     # ------------------------------------------------------------------------------------
     def difficulty(self, form: str = "durations") -> torch.Tensor:
         """Per-pair difficulty D = D_m − D_f over the recorded history (Eq. 1; METHOD §3). float64 N×L.
