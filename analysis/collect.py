@@ -1,10 +1,11 @@
 """Read a run's results into one tidy frame, select last epochs, check that a sweep is complete.
 
-Input is the grid's ``results.parquet`` (one row per trial × epoch, schema in README
-"Results"), or — when that file is absent — the grid's sweep folder itself, read by
-`miracl_grid.grid.results.collect_sweep` (the one reader of that layout; files only, no Ray). Next to the
-results, ``trials.parquet`` lists every trial the sweep registered, finished or not: the
-expected cells come from it (`expected_cells_from_trials`), not from the rows that exist.
+Input is the grid's ``results.parquet`` (one row per trial × epoch, ARCHITECTURE §8), or — when
+that file is absent — the grid's sweep folder itself; both are read by
+`miracl_grid.grid.results.read_results`, the module that owns that format and writes it (files
+only, no Ray). Next to the results, ``trials.parquet`` lists every trial the sweep registered,
+finished or not: the expected cells come from it (`expected_cells_from_trials`), not from the
+rows that exist.
 
 Derived columns (`annotate`): ``noise_setting`` ('Sym. 20%', …) and ``method_label``
 ('MIRACL', 'FlexCare', …), see `miracl_grid.analysis.labels`.
@@ -24,12 +25,10 @@ import numpy as np
 import pandas as pd
 
 from miracl_grid.analysis.labels import method_label, noise_setting_label, noise_setting_sort_key
+from miracl_grid.grid.results import FINISHED_STATUS, ResultsError, last_epoch_flags, read_results
 
 logger = logging.getLogger(__name__)
 
-RESULTS_FILENAME = "results.parquet"
-TRIALS_FILENAME = "trials.parquet"
-EXPECTED_TRIALS = "expected_trials"       # frame.attrs key: the trials.parquet frame, when known
 NOISE_SETTING = "noise_setting"
 METHOD_LABEL = "method_label"
 CONFIG_PREFIX = "config/"
@@ -38,9 +37,6 @@ NOISE_COLUMNS = ("config/noise_model", "config/rho_pos", "config/rho_neg")
 ARM_COLUMNS = ("config/method", "config/backbone", "config/variant")
 REQUIRED_COLUMNS = ("trial_id", "epoch", "config/method", "config/noise_model", "config/rho_pos",
                     "config/rho_neg", "config/seed")
-FINISHED_STATUS = "TERMINATED"
-class ResultsError(ValueError):
-    """A results file or directory that cannot be read; the message names the path and field."""
 
 
 class IncompleteSweepError(ResultsError):
@@ -61,60 +57,22 @@ class IncompleteSweepError(ResultsError):
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
-def load_results(path: str | Path) -> pd.DataFrame:
+def load_results(path: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Read ``results.parquet`` (the file, or a sweep folder holding it) or a sweep folder without it.
 
-    Returns one row per trial × epoch in the results schema (columns ``trial_id``, ``sweep``,
-    ``experiment``, ``epoch``, ``is_last_epoch``, ``status``, ``config/*``, metrics …), sorted
-    by trial and epoch; ``frame.attrs["expected_trials"]`` holds the sweep's registered trials
-    (``trials.parquet``) where known. Raises `ResultsError` for a missing path, an empty
-    result, an unreadable file or missing required columns (naming the file and the column).
+    Returns (results, trials). results: one row per trial × epoch in the results schema (columns
+    ``trial_id``, ``sweep``, ``experiment``, ``epoch``, ``is_last_epoch``, ``status``,
+    ``config/*``, metrics …), sorted by trial and epoch, ``attrs["source"]`` naming the file
+    read. trials: the sweep's registered trials (``trials.parquet``), or None where unknown;
+    they travel beside the results, never in their ``attrs`` (pandas compares attrs with ``==``
+    when it concatenates, which a frame there breaks). Raises `ResultsError` for a missing
+    path, an empty result, an unreadable file or missing required columns (naming the file and
+    the column).
     """
-    path = Path(path)
-    if not path.exists():
-        raise ResultsError(f"results path '{path}' does not exist")
-    expected = None
-    if path.is_file():
-        source = path
-        frame = _read_parquet(path)
-        if (path.parent / TRIALS_FILENAME).is_file():
-            expected = _read_parquet(path.parent / TRIALS_FILENAME)
-    elif (path / RESULTS_FILENAME).is_file():
-        source = path / RESULTS_FILENAME
-        frame = _read_parquet(source)
-        if (path / TRIALS_FILENAME).is_file():
-            expected = _read_parquet(path / TRIALS_FILENAME)
-    else:
-        source = path
-        frame, expected = _read_sweep_folder(path)
+    frame, trials, source = read_results(path)
     frame = _normalise(frame, source)
     frame.attrs["source"] = str(source)
-    if expected is not None and not expected.empty:
-        frame.attrs[EXPECTED_TRIALS] = expected
-    return frame
-
-
-def _read_parquet(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_parquet(path)
-    except Exception as error:  # pyarrow raises several types for a corrupt file
-        raise ResultsError(f"cannot read results file '{path}': {error}") from error
-
-
-def _read_sweep_folder(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    from miracl_grid.grid.folder import TRIALS_FOLDER, FolderError
-    from miracl_grid.grid.results import collect_sweep
-
-    if not (path / TRIALS_FOLDER).is_dir():
-        raise ResultsError(f"'{path}' holds neither {RESULTS_FILENAME} nor a grid sweep folder "
-                           f"({TRIALS_FOLDER}/<trial>/trial.json)")
-    try:
-        frame, expected = collect_sweep(str(path))
-    except (FolderError, ValueError) as error:
-        raise ResultsError(f"cannot read sweep folder '{path}': {error}") from error
-    if frame.empty:
-        raise ResultsError(f"'{path}': no trial has checkpointed an epoch yet ({len(expected)} registered)")
-    return frame, expected
+    return frame, (trials if trials is not None and not trials.empty else None)
 
 
 def _normalise(frame: pd.DataFrame, source: Path) -> pd.DataFrame:
@@ -134,8 +92,7 @@ def _normalise(frame: pd.DataFrame, source: Path) -> pd.DataFrame:
             frame[column] = default
         frame[column] = frame[column].fillna(default).astype(str)
     if "is_last_epoch" not in frame.columns:
-        trial_last = frame.groupby("trial_id")["epoch"].transform("max")
-        frame["is_last_epoch"] = (frame["epoch"] == trial_last) & (frame["status"] == FINISHED_STATUS)
+        frame["is_last_epoch"] = last_epoch_flags(frame)
     frame["is_last_epoch"] = frame["is_last_epoch"].fillna(False).astype(bool)
     duplicated = frame.duplicated(["trial_id", "epoch"], keep="last")
     if duplicated.any():

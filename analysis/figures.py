@@ -16,7 +16,7 @@ with ``output=STEM`` it also writes ``STEM.png`` and ``STEM.svg``.
   noisy set's recall and precision on a second row.
 - `selection_histogram_plot`: Fig. 5/7 — per chosen group (label, observed class), the
   histogram of the selection metric Z̃ split by partition (or by the true flip) with the fitted
-  two-component GMM densities overlaid (`miracl_grid.analysis.artifacts` for the ``.npz`` layout).
+  two-component GMM densities overlaid (`miracl_grid.trainables.selection_artifact` for the ``.npz`` layout).
 - `selection_components_plot`: Fig. 5 — loss / rank / difficulty / Z̃ of one group, clean vs
   flipped pairs (needs the optional component and ``flipped`` arrays).
 """
@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
-from miracl_grid.analysis.artifacts import PARTITION_NAMES, SelectionArtifact, load_selection_artifact
+from miracl_grid.trainables.selection_artifact import PARTITION_NAMES, SelectionArtifact, load_selection_artifact
 from miracl_grid.analysis.collect import METHOD_LABEL, NOISE_SETTING, ensure_annotated, last_epoch, noise_setting_order
 from miracl_grid.analysis.labels import method_sort_key
 from miracl_grid.analysis.tables import metric_name

@@ -38,11 +38,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from miracl_grid.analysis.artifacts import ArtifactError, load_selection_artifact
-from miracl_grid.analysis.collect import (EXPECTED_TRIALS, METHOD_LABEL, NOISE_SETTING, SEED_COLUMN, IncompleteSweepError,
-                              ResultsError, annotate, config_columns, design_factors, expected_cells_from_trials,
-                              format_cell, last_epoch, load_results, missing_by_sweep, noise_setting_order,
-                              varying_and_constant)
+from miracl_grid.analysis.collect import (FINISHED_STATUS, METHOD_LABEL, NOISE_SETTING, SEED_COLUMN,
+                              IncompleteSweepError, ResultsError, annotate, config_columns, design_factors,
+                              expected_cells_from_trials, format_cell, last_epoch, load_results, missing_by_sweep,
+                              noise_setting_order, varying_and_constant)
 from miracl_grid.analysis.figures import (CORRECTION_CURVES, SET_SIZE_CURVES, correction_accuracy_plot, epoch_panels_plot,
                               has_columns, method_epoch_plot, save_figure, selection_components_plot,
                               selection_histogram_plot, sensitivity_plot, set_size_plot)
@@ -55,6 +54,7 @@ from miracl_grid.analysis.tables import (STABILITY_METRICS, Table, ablation_tabl
 from miracl_grid.grid.sweeps import SWEEPS
 from miracl_grid.trainables.config import TrialConfig
 from miracl_grid.trainables.registry import display_label
+from miracl_grid.trainables.selection_artifact import ArtifactError, load_selection_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def _completeness_section(writer: _Writer, missing: list[dict[str, Any]], frame:
     writer.add(*[f"- {markdown_text(format_cell(cell))}" for cell in missing[:200]])
     if len(missing) > 200:
         writer.add(f"- … and {len(missing) - 200} more")
-    failed = last_epoch(frame).loc[lambda rows: rows["status"] != "TERMINATED", ["trial_id", "status", "epoch"]]
+    failed = last_epoch(frame).loc[lambda rows: rows["status"] != FINISHED_STATUS, ["trial_id", "status", "epoch"]]
     if not failed.empty:
         writer.add("", "Trials that did not finish:", "")
         writer.add(*[f"- {markdown_code(row.trial_id)}: {markdown_text(row.status)} after epoch {row.epoch}"
@@ -612,13 +612,13 @@ def write_report(run_dir: str | Path, *, allow_partial: bool = False, metric: st
     Expected cells default to the sweep's registered trials (``trials.parquet``) where the grid
     wrote them, else they are inferred from the results."""
     run_dir = Path(run_dir)
-    frame = load_results(run_dir)
+    frame, trials = load_results(run_dir)
     base = run_dir if run_dir.is_dir() else run_dir.parent
     description = "expected cells as given by the caller"
-    if expected_cells is None and EXPECTED_TRIALS in frame.attrs:
-        expected_cells = expected_cells_from_trials(frame.attrs[EXPECTED_TRIALS])
+    if expected_cells is None and trials is not None:
+        expected_cells = expected_cells_from_trials(trials)
         description = (f"expected cells = every trial registered by the sweep's commands "
-                       f"({len(frame.attrs[EXPECTED_TRIALS])} in trials.parquet), finished or not")
+                       f"({len(trials)} in trials.parquet), finished or not")
     return build_report(frame, Path(out) if out is not None else base, allow_partial=allow_partial,
                         metric=metric, paired=paired, expected_cells=expected_cells, run_dir=base,
                         source=frame.attrs.get("source", str(run_dir)), expected_description=description)

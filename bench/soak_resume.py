@@ -31,7 +31,6 @@ import sys
 import time
 from pathlib import Path
 
-import pandas as pd
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
@@ -60,14 +59,16 @@ def epochs_checkpointed(sweep: Path) -> int:
 
 def last_epoch_metrics(sweep: Path) -> tuple[dict[str, dict], list[str]]:
     """({trial name: last-epoch metrics}, problems) from a finished sweep's results.parquet."""
-    frame = pd.read_parquet(sweep / "results.parquet")
+    from miracl_grid.grid.results import FINISHED_STATUS, read_results
+
+    frame, _, _ = read_results(sweep)
     problems, finals = [], {}
     for trial_id, rows in frame.groupby("trial_id"):
         epochs = rows["epoch"].tolist()
         planned = int(rows["config/epochs"].iloc[0])
         if sorted(epochs) != list(range(1, planned + 1)):
             problems.append(f"{trial_id}: epochs {epochs}, expected each of 1..{planned} once")
-        if set(rows["status"]) != {"TERMINATED"}:
+        if set(rows["status"]) != {FINISHED_STATUS}:
             problems.append(f"{trial_id}: status {sorted(set(rows['status']))}")
         last = rows.loc[rows["epoch"].idxmax()]
         finals[trial_id.rsplit("-", 1)[0]] = {key: value for key, value in last.items()

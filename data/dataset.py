@@ -22,7 +22,6 @@ Batch dict of `collate` (ARCHITECTURE §6), B items::
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -34,12 +33,10 @@ from torch.utils.data import Dataset
 
 from miracl_grid.data.checksums import REPAIR_HINT, verify_files
 from miracl_grid.data.errors import CohortError
-from miracl_grid.data.materialise import (LABELS, MANIFEST, SERIES_OFFSETS, SERIES_VALUES, STAYS, TEXT_FOLDER,
+from miracl_grid.data.materialise import (LABELS, MANIFEST, SERIES_OFFSETS, SERIES_VALUES, STAYS,
                               check_cohort_arrays, check_derived, derived_fields, load_manifest)
+from miracl_grid.data.text_features import TextFeatures, load_text_features
 
-TOKEN_FEATURES = "token_features.npy"
-TOKEN_OFFSETS = "token_offsets.npy"
-LABEL_EMBEDDINGS = "label_embeddings.npy"
 
 
 def _require(path: Path) -> Path:
@@ -60,41 +57,6 @@ def _check_offsets(offsets: np.ndarray, count: int, rows: int, path: Path) -> No
     if offsets.shape != (count + 1,) or offsets[0] != 0 or offsets[-1] != rows or np.any(np.diff(offsets) < 0):
         raise CohortError(f"{path}: expected {count + 1} non-decreasing offsets from 0 to {rows}, "
                           f"found shape {offsets.shape} ending at {offsets[-1] if len(offsets) else None}")
-
-
-class TextFeatures:
-    """One text feature set ``text/KEY``: token_offsets (int64 N+1, loaded) and token_features (memmap)."""
-
-    def __init__(self, directory: Path, key: str, count: int):
-        self.directory = Path(directory)
-        self.key = key
-        self.offsets = _read(self.directory / TOKEN_OFFSETS, np.load)
-        features = _read(self.directory / TOKEN_FEATURES, np.load, mmap_mode="r")
-        self.dim = int(features.shape[1])
-        _check_offsets(self.offsets, count, features.shape[0], self.directory / TOKEN_OFFSETS)
-        meta_path = self.directory / "meta.json"
-        self.meta = _read(meta_path, lambda path: json.loads(path.read_text())) if meta_path.is_file() else {}
-        self._features: np.ndarray | None = features
-
-    @property
-    def features(self) -> np.ndarray:
-        """float16 (sum tokens)×D memory map, reopened after unpickling."""
-        if self._features is None:
-            self._features = np.load(self.directory / TOKEN_FEATURES, mmap_mode="r")
-        return self._features
-
-    def note(self, row: int) -> np.ndarray:
-        """Token features of stay ``row``: tokens×D (float16 view of the memmap)."""
-        return self.features[self.offsets[row]:self.offsets[row + 1]]
-
-    def label_embeddings(self) -> np.ndarray | None:
-        path = self.directory / LABEL_EMBEDDINGS
-        return np.load(path) if path.is_file() else None
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_features"] = None
-        return state
 
 
 class CohortData:
@@ -148,35 +110,25 @@ class CohortData:
         return key
 
     def text(self, key: str | None = None) -> TextFeatures:
+        """The text feature set `key` (default: the cohort's), opened once and checked against the
+        manifest's record of it (a cache of another encoder copied or left under this key would
+        otherwise feed the model foreign features)."""
         key = self.resolve_text_key(key or self.text_key)
         if key not in self._text:
-            features = TextFeatures(self.directory / TEXT_FOLDER / key, key, self.num_stays)
-            self._check_text_meta(features)
-            self._text[key] = features
+            recorded = self.manifest["text"]["features"][key]
+            self._text[key] = load_text_features(
+                self.directory, key, num_notes=self.num_stays,
+                expected={name: recorded.get(name) for name in ("encoder", "revision", "max_tokens", "dim")},
+                recorded_in=str(self.directory / MANIFEST))
         return self._text[key]
-
-    def _check_text_meta(self, features: TextFeatures) -> None:
-        """text/KEY/meta.json must agree with the manifest's record of KEY (a cache of another encoder
-        copied or left under this key would otherwise feed the model foreign features)."""
-        recorded = self.manifest["text"]["features"][features.key]
-        for name in ("encoder", "revision", "max_tokens", "dim"):
-            expected, found = recorded.get(name), features.meta.get(name)
-            if features.meta and expected is not None and found != expected:
-                found_encoder = "" if name == "encoder" else f" (encoder {features.meta.get('encoder')!r})"
-                expected_encoder = "" if name == "encoder" else f" (encoder {recorded.get('encoder')!r})"
-                raise CohortError(
-                    f"{features.directory / 'meta.json'}: field '{name}': text features {features.key!r} were "
-                    f"computed with {name} {found!r}{found_encoder}, but {self.directory / 'manifest.json'} "
-                    f"records {name} {expected!r}{expected_encoder} for this key; expected matching features "
-                    "(re-run `python -m miracl_grid.data.prepare` with that encoder)")
 
     @property
     def note_dim(self) -> int:
         return self.text().dim
 
-    def label_embeddings(self, key: str | None = None) -> np.ndarray | None:
-        """float32 L×D mean-pooled label-name encodings of the text feature set (None if absent)."""
-        return self.text(key).label_embeddings()
+    def label_embeddings(self, key: str | None = None) -> np.ndarray:
+        """float32 L×D mean-pooled label-name encodings of the text feature set."""
+        return self.text(key).label_embeddings
 
     # ----------------------------------------------------------------------- series
     @property

@@ -62,6 +62,7 @@ from miracl_grid.data.locking import exclusive_writer
 from miracl_grid.data.schema import VARIABLE_NAMES, channel_names
 from miracl_grid.data.split import assert_no_patient_crosses
 from miracl_grid.data.versions import library_versions
+from miracl_grid.data.text_features import TEXT_FOLDER, TOKEN_FEATURES, read_meta
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,6 @@ STAYS = "stays.parquet"
 LABELS = "labels.npy"
 SERIES_VALUES = "series_values.npy"
 SERIES_OFFSETS = "series_offsets.npy"
-TEXT_FOLDER = "text"
 ARRAY_FILES = (STAYS, LABELS, SERIES_VALUES, SERIES_OFFSETS)
 STAY_TABLE_COLUMNS = ("index", "stay", "patient_id", "split", "period_length", "has_series", "has_note",
                       "series_bins")
@@ -299,16 +299,15 @@ def _ensure_text_features(out_dir: Path, notes: list[str], *, label_names, encod
 
 def _feature_entry(path: Path, encoder, max_tokens: int) -> dict:
     """Manifest entry of one text feature set from its meta.json (dim falls back to the array header)."""
-    meta_path = path / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    meta = read_meta(path) or {}
     entry = {
         "encoder": meta.get("encoder", str(encoder)),
         "revision": meta.get("revision"),
         "max_tokens": int(meta.get("max_tokens", max_tokens)),
         "dim": meta.get("dim"),
     }
-    if entry["dim"] is None and (path / "token_features.npy").is_file():
-        entry["dim"] = int(np.load(path / "token_features.npy", mmap_mode="r").shape[1])
+    if entry["dim"] is None and (path / TOKEN_FEATURES).is_file():
+        entry["dim"] = int(np.load(path / TOKEN_FEATURES, mmap_mode="r").shape[1])
     return entry
 
 

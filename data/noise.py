@@ -83,13 +83,13 @@ class NoiseResult:
     def flipped_pairs(self) -> int:
         return int(self.flip_mask.sum())
 
-    def summary(self) -> dict[str, float]:
-        """Floats for the results table; the loop stores them as ``noise/<key>``."""
+    def summary(self) -> dict[str, float | int]:
+        """The realised and nominal rates and the flipped pairs; the loop reports them as
+        ``noise/<key>`` (results.parquet, METHOD §2)."""
         return {
             "realised_rho_pos": float(self.realised_rho_pos),
             "realised_rho_neg": float(self.realised_rho_neg),
-            "flipped_pairs": float(self.flipped_pairs),
-            "rho_pos_nominal": float(self.rho_pos),
+            "flipped_pairs": self.flipped_pairs,
             "rho_neg_nominal": float(self.rho_neg),
         }
 

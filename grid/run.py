@@ -319,7 +319,7 @@ def _epochs_done(folder, identity: str) -> int:
 
 
 def _train_and_collect(args, folder, cells, cohort_dir: Path, stop_requests: list) -> int:
-    from miracl_grid.grid.results import FINISHED_STATUS, RESULTS_FILE, TRIALS_FILE, collect_sweep, write_frame
+    from miracl_grid.grid.results import FINISHED_STATUS, write_results
 
     planned = {identity for identity, _ in cells}
     to_run = [(identity, trial) for identity, trial in cells
@@ -332,9 +332,7 @@ def _train_and_collect(args, folder, cells, cohort_dir: Path, stop_requests: lis
     failures: dict[str, str] = {}
     if to_run and not stop_requests:
         failures = _run_trials(args, folder, to_run, cohort_dir, stop_requests)
-    frame, expected = collect_sweep(folder)
-    results_path = write_frame(frame, folder, RESULTS_FILE)
-    write_frame(expected, folder, TRIALS_FILE)
+    results_path, frame, expected = write_results(folder)
     mine = expected[expected["trial_id"].isin(planned)]
     unfinished = mine.loc[mine["status"] != FINISHED_STATUS, "trial_id"].tolist()
     print(f"{len(mine) - len(unfinished)} of {len(mine)} trials finished ({time.perf_counter() - started:.0f} s "

@@ -52,17 +52,7 @@ def run_trial(param: dict) -> None:
     """
     trial, runtime = param["trial"], param["runtime"]
     folder = SweepFolder(runtime["experiment_dir"])
-    local = folder.local_dir()
-    loop_config = {
-        "trial": trial["config"],
-        "cohort_dir": runtime["cohort_dir"],
-        "threads": max(1, int(runtime["cpus_per_worker"])),
-        "use_gpu": runtime["gpus_per_worker"] > 0,
-        "node_local_cache": runtime.get("node_local_cache"),
-        "artifact_dir": str(Path(folder.trial_dir(trial["id"])) / ARTIFACTS_FOLDER) if local else None,
-        "checkpoint_root": folder.checkpoint_store(trial["id"]).root_uri,
-        "fail_once": _fail_hook(runtime, trial["name"]),
-    }
+    loop_config = trial_loop_config(trial, runtime)
     if runtime["workers_per_trial"] == 0:
         run_trial_in_process(loop_config)
         return
@@ -76,6 +66,24 @@ def run_trial(param: dict) -> None:
         storage_path=folder.child(TRAIN_RUNS_FOLDER), name=trial["id"], max_failures=runtime["max_failures"],
         callbacks=[TuneReportCallback()])
     trainer.fit()
+
+
+def trial_loop_config(trial: dict, runtime: dict) -> dict:
+    """The `miracl_grid.trainables.loop` config of one registered trial (``id``, ``name``,
+    ``config``): its checkpoints and selection artifacts go into its own folder of the sweep
+    folder ``runtime["experiment_dir"]`` (`miracl_grid.grid.folder`; artifacts on local storage only)."""
+    folder = SweepFolder(runtime["experiment_dir"])
+    local = folder.local_dir()
+    return {
+        "trial": trial["config"],
+        "cohort_dir": runtime["cohort_dir"],
+        "threads": max(1, int(runtime["cpus_per_worker"])),
+        "use_gpu": runtime["gpus_per_worker"] > 0,
+        "node_local_cache": runtime.get("node_local_cache"),
+        "artifact_dir": str(Path(folder.trial_dir(trial["id"])) / ARTIFACTS_FOLDER) if local else None,
+        "checkpoint_root": folder.checkpoint_store(trial["id"]).root_uri,
+        "fail_once": _fail_hook(runtime, trial["name"]),
+    }
 
 
 def run_trial_in_process(loop_config: dict) -> None:

@@ -57,7 +57,8 @@ def make_fake_text_features(*, dim: int, values: str = "position", key_prefix: s
         np.save(target / "token_features.npy", _features(values, offsets, dim))
         np.save(target / "token_offsets.npy", offsets)
         np.save(target / "label_embeddings.npy", np.ones((len(label_names), dim), np.float32))
-        (target / "meta.json").write_text(json.dumps({"encoder": name, "revision": revision,
-                                                      "max_tokens": max_tokens, "dim": dim}))
+        (target / "meta.json").write_text(json.dumps({   # the fields the reader checks (data.text_features)
+            "format_version": 1, "key": key, "encoder": name, "revision": revision, "max_tokens": max_tokens,
+            "dim": dim, "num_notes": len(texts), "num_tokens": int(offsets[-1]), "label_names": list(label_names)}))
         return SimpleNamespace(key=key, reused=False, path=target, seconds=seconds)
     return ensure

@@ -106,7 +106,7 @@ def test_load_results_reads_parquet_file_or_directory(tmp_path):
     frame = main_grid()
     frame.to_parquet(tmp_path / "results.parquet")
     for path in (tmp_path, tmp_path / "results.parquet"):
-        loaded = load_results(path)
+        loaded, _ = load_results(path)
         assert len(loaded) == len(frame)
         assert set(loaded["trial_id"]) == set(frame["trial_id"])
         assert loaded["epoch"].dtype == np.int64
@@ -138,7 +138,7 @@ def test_sweep_folder_without_results_file(tmp_path):
     publish_epochs(folder, failed, [1], tmp_path)
     folder.record_failure(failed, "RuntimeError: boom")
 
-    frame = load_results(tmp_path / "lambda_cons")
+    frame, _ = load_results(tmp_path / "lambda_cons")
     by_trial = {trial_id: group for trial_id, group in frame.groupby("trial_id")}
     assert by_trial[finished]["epoch"].tolist() == [1, 2, 3]
     assert by_trial[finished]["test/mAP"].tolist() == pytest.approx([0.4, 0.5, 0.6])
@@ -150,7 +150,7 @@ def test_sweep_folder_without_results_file(tmp_path):
     assert status == {finished: "TERMINATED", part_way: "INCOMPLETE", failed: "ERROR"}
     assert frame.loc[frame["is_last_epoch"] & (frame["status"] == "TERMINATED"), "trial_id"].tolist() == [finished]
     assert last_epoch(frame, finished_only=True)["epoch"].tolist() == [3]
-    assert len(frame.attrs["expected_trials"]) == 3
+    assert len(load_results(tmp_path / "lambda_cons")[1]) == 3
 
 
 def test_sweep_folder_bad_file_names_it(tmp_path):

@@ -1,4 +1,4 @@
-"""miracl_grid.analysis.figures / miracl_grid.analysis.artifacts: sensitivity curves, Fig. 4 curves, GMM histograms from an npz."""
+"""miracl_grid.analysis.figures / miracl_grid.trainables.selection_artifact: sensitivity curves, Fig. 4 curves, GMM histograms from an npz."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from miracl_grid.analysis.artifacts import ArtifactError, load_selection_artifact, write_selection_artifact
+from miracl_grid.trainables.selection_artifact import ArtifactError, load_selection_artifact, write_selection_artifact
 from miracl_grid.analysis.figures import (correction_accuracy_plot, selection_components_plot, selection_histogram_plot,
                               sensitivity_plot, set_size_plot)
 
@@ -107,12 +107,14 @@ def fake_artifact(path, groups=3, seed=0):
         z_values.append(values)
         partitions.append(np.where(values < 0.2, 0, np.where(values < 0.8, 1, 2)))
         flipped.append(values > 0.5)
+    offsets = np.cumsum([0] + [len(values) for values in z_values])
     return write_selection_artifact(
-        path, label_index=np.arange(groups) + 3, observed_class=np.array([1, 0, 1][:groups]), z_values=z_values,
+        path, label_index=np.arange(groups) + 3, observed_class=np.array([1, 0, 1][:groups]),
+        z_values=np.concatenate(z_values), z_offsets=offsets,
         means=np.tile([0.8, 0.2], (groups, 1)), variances=np.full((groups, 2), 0.0025),
-        weights=np.tile([0.2, 0.8], (groups, 1)), partition=partitions, epoch=np.int64(12),
-        label_names=np.array([f"phenotype {index}" for index in range(10)]), flipped=flipped,
-        rank_values=z_values, difficulty_values=[values[::-1] for values in z_values])
+        weights=np.tile([0.2, 0.8], (groups, 1)), partition=np.concatenate(partitions), epoch=np.int64(12),
+        label_names=np.array([f"phenotype {index}" for index in range(10)]), flipped=np.concatenate(flipped),
+        rank_values=np.concatenate(z_values), difficulty_values=np.concatenate([values[::-1] for values in z_values]))
 
 
 def test_artifact_round_trip(tmp_path):
@@ -120,7 +122,6 @@ def test_artifact_round_trip(tmp_path):
     assert artifact.num_groups == 3 and artifact.epoch == 12
     assert artifact.z_offsets.tolist() == [0, 75, 151, 228]
     assert artifact.group_name(1) == "phenotype 4 (negative)"
-    assert artifact.find_group("phenotype 5", 1) == 2
     assert set(artifact.components) == {"rank_values", "difficulty_values"}
 
 
@@ -136,6 +137,11 @@ def test_artifact_validation_names_the_array(tmp_path):
     np.savez(tmp_path / "bad2.npz", **arrays)
     with pytest.raises(ArtifactError, match="missing array.*means"):
         load_selection_artifact(tmp_path / "bad2.npz")
+    del arrays["z_offsets"]
+    with pytest.raises(ArtifactError, match="z_offsets"):      # the writer runs the reader's checks
+        write_selection_artifact(tmp_path / "bad3.npz", **arrays, z_offsets=np.array([0, 3]),
+                                 means=np.zeros((3, 2)))
+    assert not (tmp_path / "bad3.npz").exists()
 
 
 def test_selection_histogram_overlays_the_gmm_densities(tmp_path):

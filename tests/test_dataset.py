@@ -131,7 +131,7 @@ def test_pickling_drops_the_memory_maps(cohort_dir):
     dataset = CohortDataset(data, "all")
     blob = pickle.dumps(dataset)
     clone = pickle.loads(blob)
-    assert clone.data._series_values is None and clone.text._features is None
+    assert clone.data._series_values is None and clone.text._token_features is None
     np.testing.assert_array_equal(clone[4]["series"].numpy(), dataset[4]["series"].numpy())
     assert isinstance(clone.data._series_values, np.memmap)  # reopened lazily
 

@@ -82,9 +82,12 @@ def test_invariants_of_every_model(labels, model, rho_pos, rho_neg, seed):
         assert (result.noisy.sum(axis=1) == np.minimum(labels.sum(axis=1), 1)).all()
     if model == "class_conditional":
         np.testing.assert_array_equal(result.noisy.sum(axis=1), labels.sum(axis=1))
-    summary = result.summary()
-    assert all(isinstance(value, float) for value in summary.values())
-    assert summary["flipped_pairs"] == float(result.flip_mask.sum())
+    summary = result.summary()                                      # the loop's noise/* columns
+    assert summary["flipped_pairs"] == int((result.noisy != labels).sum()) and type(summary["flipped_pairs"]) is int
+    assert {key: type(value) for key, value in summary.items() if key != "flipped_pairs"} == \
+        {"realised_rho_pos": float, "realised_rho_neg": float, "rho_neg_nominal": float}
+    assert summary["rho_neg_nominal"] == result.rho_neg or (math.isnan(summary["rho_neg_nominal"])
+                                                            and math.isnan(result.rho_neg))
 
 
 @settings(max_examples=60, deadline=None)

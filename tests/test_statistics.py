@@ -10,7 +10,8 @@ import torch
 import torch.distributed as distributed
 
 from gloo import run_on_gloo
-from miracl_grid.trainables.statistics import (MAX_EPOCHS, PairStatistics, StatisticsError, distributed_all_gather,
+from miracl_grid.trainables.distributed import all_gather_variable
+from miracl_grid.trainables.statistics import (MAX_EPOCHS, PairStatistics, StatisticsError,
                                    history_difficulty)
 
 
@@ -76,6 +77,12 @@ def test_no_history_gives_zero_and_bad_form_is_rejected():
 
 
 # --- recording ---------------------------------------------------------------------------------
+def correctness(stats: PairStatistics) -> torch.Tensor:
+    """The history's bits unpacked: bool E×N×L (bit e of a pair = epoch e + 1 correct)."""
+    shifts = torch.arange(stats.epochs_recorded).reshape(-1, 1, 1)
+    return ((stats.history.unsqueeze(0) >> shifts) & 1).bool()
+
+
 def test_record_close_sets_correctness_bits_and_bce():
     stats = PairStatistics(3, 2)
     probabilities = torch.tensor([[0.9, 0.2], [0.4, 0.7], [0.5, 0.51]])
@@ -86,7 +93,7 @@ def test_record_close_sets_correctness_bits_and_bce():
     # c = 1[(p > 0.5) == y]; p = 0.5 is a negative prediction
     expected = torch.tensor([[True, False], [True, False], [True, True]])
     assert stats.epochs_recorded == 1
-    assert torch.equal(stats.correctness()[0], expected)
+    assert torch.equal(correctness(stats)[0], expected)
     expected_bce = -(observed * torch.log(probabilities) + (1 - observed) * torch.log(1 - probabilities))
     torch.testing.assert_close(stats.bce, expected_bce)
     torch.testing.assert_close(stats.probabilities, probabilities)
@@ -115,7 +122,7 @@ def test_close_epoch_requires_every_row_unless_told_otherwise():
         stats.close_epoch()
     stats.close_epoch(require_complete=False)
     # row 0 recorded (now incorrect); rows 1, 2 repeat their previous bits (correct, incorrect)
-    assert stats.correctness()[:, :, 0].T.tolist() == [[True, False], [True, True], [False, False]]
+    assert correctness(stats)[:, :, 0].T.tolist() == [[True, False], [True, True], [False, False]]
 
 
 def test_history_is_capped_at_63_epochs():
@@ -209,7 +216,7 @@ def _gloo_worker(rank: int, world: int, init_file: str, queue) -> None:
         index = torch.tensor([0, 2, 4, 6] if rank == 0 else [1, 3, 5])  # uneven shards
         probabilities = torch.full((index.numel(), 2), 0.25) + index.reshape(-1, 1) / 10
         stats.record_batch(index, probabilities, torch.zeros(index.numel(), 2))
-        stats.gather(distributed_all_gather)
+        stats.gather(all_gather_variable)      # what the loop gathers with
         stats.close_epoch()
         queue.put((rank, stats.probabilities.numpy().copy(), stats.history.numpy().copy()))
     finally:

@@ -191,7 +191,7 @@ def test_cache_is_written_then_reused_without_the_model(tmp_path, monkeypatch, c
     assert second.reused and second.key == first.key
     assert f"reusing text features {first.key}" in caplog.text
 
-    loaded = load_text_features(tmp_path, first.key, encoder=DEFAULT_ENCODER, dim=384)
+    loaded = load_text_features(tmp_path, first.key, expected={"encoder": DEFAULT_ENCODER, "dim": 384})
     assert isinstance(loaded.token_features, np.memmap)
     np.testing.assert_array_equal(loaded.token_offsets, encoded.token_offsets)
     np.testing.assert_allclose(loaded.token_features.astype(np.float32),
@@ -217,10 +217,10 @@ def test_a_cache_from_another_encoder_is_rejected(tmp_path):
     info = ensure_text_features(tmp_path, CACHE_NOTES[:2], label_names=LABELS, progress=False)
     biobert = "dmis-lab/biobert-base-cased-v1.2"
     with pytest.raises(TextFeatureError) as caught:
-        load_text_features(tmp_path, info.key, encoder=biobert)
+        load_text_features(tmp_path, info.key, expected={"encoder": biobert})
     assert biobert in str(caught.value) and DEFAULT_ENCODER in str(caught.value)
     with pytest.raises(TextFeatureError, match="dim"):
-        load_text_features(tmp_path, info.key, dim=768)
+        load_text_features(tmp_path, info.key, expected={"dim": 768})
     with pytest.raises(TextFeatureError, match="missing"):
         load_text_features(tmp_path, "0000000000000000")
 

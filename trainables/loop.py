@@ -54,6 +54,7 @@ from miracl_grid.trainables.diagnostics import (class_selection_metrics, correct
 from miracl_grid.trainables.methods import build_method
 from miracl_grid.trainables.metrics import classification_metrics, correction_diagnostics
 from miracl_grid.trainables.selection import oriented_rank
+from miracl_grid.trainables.selection_artifact import artifact_path, write_selection_artifact
 from miracl_grid.trainables.statistics import PairStatistics
 
 logger = logging.getLogger(__name__)
@@ -131,8 +132,7 @@ def run_training(loop_config: dict, report: ReportFunction,
     model = build_backbone(config.backbone, config, num_labels=num_labels,
                            series_channels=int(data.manifest["series"]["channels"]),
                            note_dim=data.note_dim,
-                           label_name_embeddings=None if label_embeddings is None
-                           else torch.from_numpy(np.asarray(label_embeddings, dtype=np.float32)))
+                           label_name_embeddings=torch.from_numpy(np.asarray(label_embeddings, dtype=np.float32)))
     model.to(device)
     parameters = list(model.parameters())
     # the fused kernel: one pass over all parameters instead of ~10 ops per tensor (same update)
@@ -200,7 +200,7 @@ def run_training(loop_config: dict, report: ReportFunction,
         # 4. diagnostics against clean labels (outside the method), evaluation -------------
         metrics: dict[str, Any] = {"epoch": epoch, **placement}
         metrics.update(_train_terms(term_sums, num_train, device))
-        metrics.update(_noise_metrics(noise))
+        metrics.update({f"noise/{key}": value for key, value in noise.summary().items()})
         diagnostics = correction_diagnostics(
             corrected=outcome.corrected, observed=observed, clean=clean, flip_mask=flip_mask,
             partition=outcome.partition, predictions=statistics.probabilities)
@@ -217,7 +217,8 @@ def run_training(loop_config: dict, report: ReportFunction,
         scheduler.step()
 
         metrics["artifact/selection_path"] = _write_artifact(loop_config.get("artifact_dir"), epoch,
-                                                             outcome.artifact, rank)
+                                                             outcome.artifact, rank, flip_mask=flip_mask,
+                                                             label_names=data.label_names)
         metrics.update({"time/train_s": train_seconds, "time/selection_s": selection_seconds,
                         "time/eval_s": eval_seconds,
                         "time/epoch_s": time.perf_counter() - epoch_start,
@@ -362,20 +363,18 @@ def _train_terms(term_sums: dict[str, float], num_train: int, device: torch.devi
     return metrics
 
 
-def _noise_metrics(noise) -> dict[str, float]:
-    return {"noise/realised_rho_pos": float(noise.realised_rho_pos),
-            "noise/realised_rho_neg": float(noise.realised_rho_neg),
-            "noise/flipped_pairs": int(noise.flip_mask.sum()),
-            "noise/rho_neg_nominal": float(noise.rho_neg)}
-
-
-def _write_artifact(artifact_dir: str | None, epoch: int, artifact: dict | None, rank: int) -> str:
-    """Selection artifact (.npz, layout in miracl_grid.trainables.methods) written by rank 0; '' if none."""
+def _write_artifact(artifact_dir: str | None, epoch: int, artifact: dict | None, rank: int, *,
+                    flip_mask: torch.Tensor, label_names: tuple[str, ...]) -> str:
+    """The method's selection artifact plus the epoch, the label names and each pair's true flip
+    (diagnostics: the method never sees them), written by rank 0 through
+    `miracl_grid.trainables.selection_artifact`; returns its path, '' if none."""
     if not artifact_dir or artifact is None or rank != 0:
         return ""
-    path = Path(artifact_dir) / f"selection_epoch{epoch:03d}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **artifact)
+    arrays = dict(artifact)
+    pairs = arrays.pop("pair_index")
+    flipped = flip_mask.reshape(-1)[torch.from_numpy(pairs).to(flip_mask.device)].cpu().numpy()
+    path = write_selection_artifact(artifact_path(artifact_dir, epoch), **arrays, epoch=np.array(epoch),
+                                    label_names=np.array(label_names), flipped=flipped)
     return str(path)
 
 

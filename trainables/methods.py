@@ -33,7 +33,7 @@ from miracl_grid.trainables.correction import correct_labels
 from miracl_grid.trainables.gmm import fit_group_mixtures
 from miracl_grid.trainables.registry import METHODS
 from miracl_grid.trainables.schedule import beta, correction_active, first_corrected_epoch, selection_due, set_weight_decay
-from miracl_grid.trainables.selection import selection_metric
+from miracl_grid.trainables.selection import group_class, group_label, selection_components, selection_metric
 from miracl_grid.trainables.statistics import PairStatistics
 
 logger = logging.getLogger(__name__)
@@ -185,10 +185,13 @@ class MiraclMethod(Method):
                        "negative_candidates": int(result.negative_candidates.sum())}
         return EpochOutcome(corrected=self.corrected, partition=mixtures.partition, z_tilde=selection.z_tilde,
                             negative_candidates=result.negative_candidates, diagnostics=diagnostics,
-                            artifact=self._artifact(selection, mixtures))
+                            artifact=self._artifact(selection, mixtures, statistics, difficulty))
 
-    def _artifact(self, selection, mixtures) -> dict[str, np.ndarray] | None:
-        """Z̃, GMM parameters and partition of the `artifact_groups` rarest labels (both classes)."""
+    def _artifact(self, selection, mixtures, statistics, difficulty) -> dict[str, np.ndarray] | None:
+        """Arrays of the selection artifact (`miracl_grid.trainables.selection_artifact`) for the
+        `artifact_groups` rarest labels, both observed classes: Z̃, its normalised components, the
+        GMM parameters and partition, plus ``pair_index`` (P,), each pair's flat index into N×L
+        (the loop adds the true flips from it and drops it)."""
         count = self.config.artifact_groups
         if count <= 0:
             return None
@@ -202,13 +205,19 @@ class MiraclMethod(Method):
         offsets = np.cumsum([0] + [len(p) for p in pieces])
         every = torch.cat(pieces)
         parameters = mixtures.as_numpy()
-        return {"label_index": (groups // 2).cpu().numpy(), "observed_class": (groups % 2).cpu().numpy(),
+        if difficulty is None:
+            difficulty = statistics.difficulty(self.config.difficulty)
+        components = selection_components(statistics.probabilities, self.observed, difficulty=difficulty,
+                                          bce=statistics.bce, rank_orientation=self.config.rank_orientation)
+        return {"label_index": group_label(groups).cpu().numpy(), "observed_class": group_class(groups).cpu().numpy(),
                 "z_values": z[every].cpu().numpy(), "z_offsets": offsets,
                 "partition": partition[every].cpu().numpy().astype(np.int8),
                 "means": parameters["means"][groups.cpu().numpy()],
                 "variances": parameters["variances"][groups.cpu().numpy()],
                 "weights": parameters["weights"][groups.cpu().numpy()],
-                "num_labels": np.array(num_labels)}
+                "num_labels": np.array(num_labels),
+                **{f"{name}_values": values.reshape(-1)[every].cpu().numpy() for name, values in components.items()},
+                "pair_index": every.cpu().numpy()}
 
     def state_dict(self):
         return {"corrected": self.corrected}

@@ -14,8 +14,6 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 
@@ -33,12 +31,6 @@ def first_corrected_epoch(warmup_epochs: int) -> int:
     if warmup_epochs < 0:
         raise ScheduleError(f"warmup_epochs = {warmup_epochs}, expected >= 0")
     return max(warmup_epochs, 1) + 1
-
-
-def is_warmup(epoch: int, warmup_epochs: int) -> bool:
-    """True for the warm-up epochs 1..t_w (Eq. 10 loss)."""
-    _check_epoch(epoch)
-    return epoch <= warmup_epochs
 
 
 def correction_active(epoch: int, warmup_epochs: int, use_correction: bool = True) -> bool:
@@ -71,62 +63,9 @@ def beta(epoch: int, warmup_epochs: int, total_epochs: int, beta_end: float = 0.
     return 1.0 + (beta_end - 1.0) * fraction
 
 
-def weight_decay(epoch: int, warmup_epochs: int, base_weight_decay: float,
-                 corrected_weight_decay: float, use_correction: bool = True) -> float:
-    """Weight decay for this epoch: the corrected value once correction is active (A.5.1)."""
-    return corrected_weight_decay if correction_active(epoch, warmup_epochs, use_correction) else base_weight_decay
-
-
 def set_weight_decay(optimizer: torch.optim.Optimizer, value: float) -> list[float]:
     """Set ``weight_decay`` in every param group; returns the previous values."""
     previous = [group.get("weight_decay", 0.0) for group in optimizer.param_groups]
     for group in optimizer.param_groups:
         group["weight_decay"] = float(value)
     return previous
-
-
-@dataclass(frozen=True)
-class CorrectionSchedule:
-    """The schedule of one trial; build with `CorrectionSchedule.from_config(TrialConfig)`."""
-    warmup_epochs: int = 5
-    total_epochs: int = 30
-    beta_end: float = 0.5
-    base_weight_decay: float = 0.0
-    corrected_weight_decay: float = 1e-5
-    use_correction: bool = True
-
-    @classmethod
-    def from_config(cls, config) -> "CorrectionSchedule":
-        return cls(warmup_epochs=config.warmup_epochs, total_epochs=config.epochs, beta_end=config.beta_end,
-                   base_weight_decay=config.weight_decay,
-                   corrected_weight_decay=config.corrected_weight_decay,
-                   use_correction=config.use_correction)
-
-    @property
-    def first_corrected_epoch(self) -> int:
-        return first_corrected_epoch(self.warmup_epochs)
-
-    def is_warmup(self, epoch: int) -> bool:
-        return is_warmup(epoch, self.warmup_epochs)
-
-    def correction_active(self, epoch: int) -> bool:
-        return correction_active(epoch, self.warmup_epochs, self.use_correction)
-
-    def selection_due(self, epoch: int) -> bool:
-        return selection_due(epoch, self.warmup_epochs, self.use_correction)
-
-    def beta(self, epoch: int) -> float:
-        """β_t (0 whenever correction is not active)."""
-        if not self.correction_active(epoch):
-            return 0.0
-        return beta(epoch, self.warmup_epochs, self.total_epochs, self.beta_end)
-
-    def weight_decay(self, epoch: int) -> float:
-        return weight_decay(epoch, self.warmup_epochs, self.base_weight_decay,
-                            self.corrected_weight_decay, self.use_correction)
-
-    def apply_weight_decay(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
-        """Set the optimiser's weight decay for ``epoch`` (idempotent; safe after a resume). Returns it."""
-        value = self.weight_decay(epoch)
-        set_weight_decay(optimizer, value)
-        return value

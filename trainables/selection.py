@@ -132,8 +132,7 @@ def selection_metric(probabilities: torch.Tensor, observed: torch.Tensor,
     else:
         z = torch.zeros(probabilities.shape, dtype=torch.float64, device=probabilities.device)
         if alpha > 0:
-            z = z + alpha * group_normalise(oriented_rank(probabilities, observed, rank_orientation),
-                                         group_id, num_groups)
+            z = z + alpha * _normalised_rank(probabilities, observed, group_id, rank_orientation)
         if alpha < 1:
             if difficulty is None or difficulty.shape != probabilities.shape:
                 raise SelectionError(
@@ -141,3 +140,21 @@ def selection_metric(probabilities: torch.Tensor, observed: torch.Tensor,
                     f"{tuple(probabilities.shape)}, got {None if difficulty is None else tuple(difficulty.shape)}")
             z = z + (1.0 - alpha) * group_normalise(difficulty, group_id, num_groups)
     return SelectionResult(group_normalise(z, group_id, num_groups, epsilon), group_id)
+
+
+def _normalised_rank(probabilities: torch.Tensor, observed: torch.Tensor, group_id: torch.Tensor,
+                     orientation: str) -> torch.Tensor:
+    """R̃: the oriented rank min–max normalised within each group (Eq. 2). N×L → float64 N×L."""
+    return group_normalise(oriented_rank(probabilities, observed, orientation), group_id, 2 * probabilities.shape[1])
+
+
+def selection_components(probabilities: torch.Tensor, observed: torch.Tensor, *, difficulty: torch.Tensor,
+                         bce: torch.Tensor, rank_orientation: str = "class_aware") -> dict[str, torch.Tensor]:
+    """The group-normalised terms Z̃ is built from (Fig. 5 panels), each float64 N×L in [0, 1]:
+    ``loss`` (per-pair BCE, the "w/ Loss only" signal), ``rank`` (R̃) and ``difficulty`` (D̃, Eq. 1).
+    Inputs N×L, as for `selection_metric`."""
+    group_id = group_ids(observed)
+    num_groups = 2 * probabilities.shape[1]
+    return {"loss": group_normalise(bce, group_id, num_groups),
+            "rank": _normalised_rank(probabilities, observed, group_id, rank_orientation),
+            "difficulty": group_normalise(difficulty, group_id, num_groups)}

@@ -154,11 +154,6 @@ class PairStatistics:
         self.epochs_recorded += 1
         self.recorded.zero_()
 
-    def correctness(self) -> torch.Tensor:
-        """Correctness history unpacked: bool E×N×L (E = epochs_recorded; for tests/artifacts)."""
-        shifts = torch.arange(self.epochs_recorded, device=self.device).reshape(-1, 1, 1)
-        return ((self.history.unsqueeze(0) >> shifts) & 1).bool()
-
     # ------------------------------------------------------------------------------------
     def difficulty(self, form: str = "durations") -> torch.Tensor:
         """Per-pair difficulty D = D_m − D_f over the recorded history (Eq. 1; METHOD §3). float64 N×L.
@@ -197,15 +192,6 @@ class PairStatistics:
                                       f"{tuple(value.shape)}, expected {target.dtype} {tuple(target.shape)}")
             target.copy_(value.to(self.device))
         self.epochs_recorded = epochs
-
-
-# ----------------------------------------------------------------------------------------
-def distributed_all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """``torch.distributed.all_gather`` as a function (equal shapes; default group) for `gather`."""
-    import torch.distributed as distributed
-    gathered = [torch.empty_like(tensor) for _ in range(distributed.get_world_size())]
-    distributed.all_gather(gathered, tensor)
-    return gathered
 
 
 def pair_bce(probabilities: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:

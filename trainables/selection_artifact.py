@@ -1,9 +1,12 @@
-"""Read the per-epoch selection artifact a MIRACL trial stores (``artifact/selection_path``).
+"""The per-epoch selection artifact of a MIRACL trial (``artifact/selection_path``): its names,
+its writer and its reader (ARCHITECTURE §10). numpy only, no torch: the report reads it.
 
-The trainer writes one ``.npz`` per stored epoch for `artifact_groups` chosen groups
-g = (label l, observed class c) of the class-wise GMM partition (METHOD §3–§4, Eq. 2–3).
-Layout read here (G groups, P = total pairs over the groups; ragged arrays concatenated in
-group order, group g occupying ``[z_offsets[g], z_offsets[g+1])``):
+`miracl_grid.trainables.loop` writes one ``.npz`` per selection epoch (rank 0) through
+`write_selection_artifact`, for the groups g = (label l, observed class c) of the
+`artifact_groups` rarest labels of the class-wise GMM partition (METHOD §3–§4, Eq. 2–3);
+`miracl_grid.analysis.report` reads it back with `load_selection_artifact` to draw Fig. 5/7.
+Layout (G groups, P = total pairs over the groups; ragged arrays concatenated in group order,
+group g occupying ``[z_offsets[g], z_offsets[g+1])``):
 
 =====================  ==========  ===========================================================
 array                  shape       meaning
@@ -18,9 +21,11 @@ array                  shape       meaning
 ``partition``          (P,) int8   0 clean, 1 uncertain, 2 noisy (Eq. 3)
 =====================  ==========  ===========================================================
 
-Optional: ``label_names`` (L,) str; ``epoch`` () int; ``flipped`` (P,) bool — pair truly
-flipped by the noise (diagnostics only); ``loss_values``, ``rank_values``,
-``difficulty_values`` (P,) float — the min–max normalised components of Z̃ (Fig. 5 panels).
+Optional (the trainer writes all of them): ``label_names`` (L,) str; ``num_labels`` () int;
+``epoch`` () int; ``flipped`` (P,) bool — pair truly flipped by the noise (diagnostics only,
+added by the loop, never seen by the method); ``loss_values``, ``rank_values``,
+``difficulty_values`` (P,) float — the group-wise min–max normalised components Z̃ is built
+from (Fig. 5 panels; `miracl_grid.trainables.selection.selection_components`).
 """
 from __future__ import annotations
 
@@ -30,9 +35,11 @@ from pathlib import Path
 import numpy as np
 
 PARTITION_NAMES: tuple[str, ...] = ("clean", "uncertain", "noisy")
+FILE_PATTERN = "selection_epoch{epoch:03d}.npz"
 REQUIRED_ARRAYS: tuple[str, ...] = ("label_index", "observed_class", "z_values", "z_offsets", "means",
                                     "variances", "weights", "partition")
 COMPONENT_ARRAYS: tuple[str, ...] = ("loss_values", "rank_values", "difficulty_values")
+OPTIONAL_ARRAYS: tuple[str, ...] = ("label_names", "num_labels", "epoch", "flipped", *COMPONENT_ARRAYS)
 
 
 class ArtifactError(ValueError):
@@ -70,19 +77,10 @@ class SelectionArtifact:
                 else f"label {label}")
         return f"{name} ({'positive' if int(self.observed_class[group]) == 1 else 'negative'})"
 
-    def find_group(self, label: int | str, observed_class: int = 1) -> int:
-        """Index of the group of `label` (index or name) and `observed_class`."""
-        if isinstance(label, str):
-            if self.label_names is None:
-                raise ArtifactError(f"{self.path}: no 'label_names' array to look up '{label}'")
-            matches = np.flatnonzero(self.label_names.astype(str) == label)
-            if matches.size == 0:
-                raise ArtifactError(f"{self.path}: label '{label}' not in 'label_names'")
-            label = int(matches[0])
-        hits = np.flatnonzero((self.label_index == int(label)) & (self.observed_class == int(observed_class)))
-        if hits.size == 0:
-            raise ArtifactError(f"{self.path}: no group for label {label}, observed class {observed_class}")
-        return int(hits[0])
+
+def artifact_path(folder: str | Path, epoch: int) -> Path:
+    """``folder/selection_epoch007.npz``: where the artifact of `epoch` is written."""
+    return Path(folder) / FILE_PATTERN.format(epoch=epoch)
 
 
 def load_selection_artifact(path: str | Path) -> SelectionArtifact:
@@ -95,6 +93,11 @@ def load_selection_artifact(path: str | Path) -> SelectionArtifact:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError) as error:
         raise ArtifactError(f"cannot read selection artifact '{path}': {error}") from error
+    return _validated(path, arrays)
+
+
+def _validated(path: Path, arrays: dict[str, np.ndarray]) -> SelectionArtifact:
+    """The checks of the layout (module doc), shared by the reader and the writer."""
     absent = [name for name in REQUIRED_ARRAYS if name not in arrays]
     if absent:
         raise ArtifactError(f"{path}: missing array(s) {', '.join(absent)} (expected {', '.join(REQUIRED_ARRAYS)})")
@@ -146,22 +149,24 @@ def load_selection_artifact(path: str | Path) -> SelectionArtifact:
 
 
 def write_selection_artifact(path: str | Path, *, label_index: np.ndarray, observed_class: np.ndarray,
-                             z_values: list[np.ndarray], means: np.ndarray, variances: np.ndarray,
-                             weights: np.ndarray, partition: list[np.ndarray], **optional: np.ndarray) -> Path:
-    """Write the layout above from per-group lists (`z_values`, `partition`: one array per
-    group); `optional` arrays (label_names, epoch, flipped, *_values) are stored as given,
-    ragged lists concatenated. The reference writer for tests and for the trainer."""
+                             z_values: np.ndarray, z_offsets: np.ndarray, means: np.ndarray,
+                             variances: np.ndarray, weights: np.ndarray, partition: np.ndarray,
+                             **optional: np.ndarray) -> Path:
+    """Write the layout above (concatenated groups, `z_offsets` G+1) to `path`, after the
+    reader's checks (a bad array is an `ArtifactError` here, not in the report); `optional`
+    arrays (label_names, num_labels, epoch, flipped, *_values) are stored as given. Returns `path`."""
     path = Path(path)
-    lengths = [len(values) for values in z_values]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    unknown = sorted(set(optional) - set(OPTIONAL_ARRAYS))
+    if unknown:
+        raise ArtifactError(f"{path}: unknown optional array(s) {', '.join(unknown)} "
+                            f"(expected some of {', '.join(OPTIONAL_ARRAYS)})")
     arrays = {"label_index": np.asarray(label_index, dtype=np.int64),
-              "observed_class": np.asarray(observed_class, dtype=np.int8),
-              "z_values": np.concatenate(z_values).astype(np.float32) if z_values else np.zeros(0, np.float32),
-              "z_offsets": offsets, "means": np.asarray(means, dtype=np.float32),
-              "variances": np.asarray(variances, dtype=np.float32), "weights": np.asarray(weights, dtype=np.float32),
-              "partition": np.concatenate(partition).astype(np.int8) if partition else np.zeros(0, np.int8)}
-    for name, value in optional.items():
-        arrays[name] = np.concatenate(value) if isinstance(value, list) else np.asarray(value)
+              "observed_class": np.asarray(observed_class, dtype=np.int64),
+              "z_values": np.asarray(z_values), "z_offsets": np.asarray(z_offsets, dtype=np.int64),
+              "means": np.asarray(means), "variances": np.asarray(variances), "weights": np.asarray(weights),
+              "partition": np.asarray(partition, dtype=np.int8),
+              **{name: np.asarray(value) for name, value in optional.items()}}
+    _validated(path, arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **arrays)
     return path
