@@ -83,8 +83,8 @@ def seed_everything(seed: int, epoch: int, rank: int, deterministic: bool) -> No
     stream = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
     torch.manual_seed(stream)
     np.random.seed(stream % (2**32))
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    # set either way: a reused Tune actor must not keep the previous trial's setting
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
 def run_training(loop_config: dict, report: ReportFunction,
