@@ -46,7 +46,7 @@ import torch.nn.functional as functional
 from miracl_grid.data.dataset import CohortData, CohortDataset, collate
 from miracl_grid.data.prepare import prepare_cohort
 from miracl_grid.grid.presets import preset_runtime, preset_trial_defaults
-from original_code import ORIGINAL_COMMIT, import_original
+from original_code import ORIGINAL_COMMIT, import_original, original_cohort_view
 from miracl_grid.trainables.backbones import build_backbone
 from miracl_grid.trainables.config import TrialConfig
 from miracl_grid.trainables.loop import CHECKPOINT_FILE, run_training
@@ -170,6 +170,7 @@ def main() -> None:
         cohort = prepare_cohort("synthetic", workspace / "cohort", patients=synthetic["num_patients"],
                                 hours=synthetic["max_hours"], max_tokens=quick["max_note_tokens"],
                                 max_bins=quick["max_series_bins"], progress=False)
+    original_cohort = original_cohort_view(cohort, workspace / "original_cohort")
     known = set(original_loop.TrialConfig.field_names())
     quick = {**preset_trial_defaults("quick"), "epochs": args.epochs, "warmup_epochs": args.warmup,
              "noise_model": "symmetric", "rho_pos": 0.4, "rho_neg": 0.4}
@@ -196,7 +197,8 @@ def main() -> None:
                         last_state["model"] = torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=False)["model"]
                     report(metrics, folder)
                     started[0] = time.thread_time()
-                history = loop({"trial": {**seeded, "method": method}, "cohort_dir": str(cohort)}, record)
+                source = original_cohort if loop is original_loop.run_training else cohort
+                history = loop({"trial": {**seeded, "method": method}, "cohort_dir": str(source)}, record)
                 return history, cpu_times
             return run
 

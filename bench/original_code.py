@@ -4,11 +4,13 @@ Bench scripts only. `import_original(folder)` extracts ``trainables/`` and ``dat
 `ORIGINAL_COMMIT` with ``git archive`` into ``folder`` as the packages ``trainables_original``
 and ``data_original`` (their own imports rewritten to those names), puts ``folder`` on
 ``sys.path`` and returns the original ``trainables.loop`` module. Needs a git checkout.
+`original_cohort_view(cohort, folder)` gives that code a cohort it can open.
 """
 from __future__ import annotations
 
 import importlib
 import io
+import json
 import re
 import subprocess
 import sys
@@ -43,3 +45,19 @@ def import_original(folder: Path) -> ModuleType:
             target.write_bytes(text)
     sys.path.insert(0, str(folder))
     return importlib.import_module("trainables_original.loop")
+
+
+ORIGINAL_FORMAT_VERSION = 1
+
+
+def original_cohort_view(cohort: Path, folder: Path) -> Path:
+    """A view of today's materialised `cohort` that `ORIGINAL_COMMIT`'s reader opens: every file and
+    folder linked, and manifest.json with the format version that code expects. The arrays are
+    the same files; today's format adds manifest fields (file checksums) the old reader ignores."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in Path(cohort).iterdir():
+        if entry.name != "manifest.json":
+            (folder / entry.name).symlink_to(entry.resolve())
+    manifest = json.loads((Path(cohort) / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "format_version": ORIGINAL_FORMAT_VERSION}))
+    return folder
