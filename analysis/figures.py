@@ -330,8 +330,13 @@ def selection_components_plot(artifact: SelectionArtifact | str | Path, group: i
     figure, axes_list = _grid(len(panels), 4, width=3.4, height=2.8)
     for axes, (name, values) in zip(axes_list, panels):
         edges = np.linspace(np.nanmin(values, initial=0.0), np.nanmax(values, initial=1.0), bins + 1)
-        axes.hist([values[~truth], values[truth]], bins=edges, color=["tab:blue", "tab:red"], alpha=0.6,
-                  label=["clean", "flipped"], density=True, histtype="stepfilled")
+        # a side without pairs (a group with no flip, or only flips) has no density: not drawn
+        sides = [(part, label, colour) for part, label, colour in
+                 ((values[~truth], "clean", "tab:blue"), (values[truth], "flipped", "tab:red")) if part.size]
+        if sides:
+            parts, labels, colours = (list(column) for column in zip(*sides))
+            axes.hist(parts, bins=edges, color=colours, alpha=0.6, label=labels, density=True,
+                      histtype="stepfilled")
         axes.set_title(name, fontsize="small")
     axes_list[0].legend(fontsize="x-small")
     figure.suptitle(f"Selection metrics, {artifact.group_name(group)}", fontsize="medium")

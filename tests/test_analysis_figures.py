@@ -1,6 +1,8 @@
 """miracl_grid.analysis.figures / miracl_grid.trainables.selection_artifact: sensitivity curves, Fig. 4 curves, GMM histograms from an npz."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,14 +101,14 @@ def test_set_size_plot_and_no_data_error():
         correction_accuracy_plot(epoch_frame().drop(columns=[c for c in epoch_frame() if c.startswith("correction/")]))
 
 
-def fake_artifact(path, groups=3, seed=0):
+def fake_artifact(path, groups=3, seed=0, flips=True):
     rng = np.random.default_rng(seed)
     z_values, partitions, flipped = [], [], []
     for group in range(groups):
         values = np.clip(np.concatenate([rng.normal(0.2, 0.05, 60 + group), rng.normal(0.8, 0.05, 15)]), 0, 1)
         z_values.append(values)
         partitions.append(np.where(values < 0.2, 0, np.where(values < 0.8, 1, 2)))
-        flipped.append(values > 0.5)
+        flipped.append((values > 0.5) & flips)
     offsets = np.cumsum([0] + [len(values) for values in z_values])
     return write_selection_artifact(
         path, label_index=np.arange(groups) + 3, observed_class=np.array([1, 0, 1][:groups]),
@@ -166,3 +168,11 @@ def test_selection_histogram_overlays_the_gmm_densities(tmp_path):
 def test_selection_components_plot_panels(tmp_path):
     figure = selection_components_plot(fake_artifact(tmp_path / "sel.npz"), 1)
     assert [axes.get_title() for axes in figure.axes] == ["rank", "difficulty", "Z̃"]
+
+
+def test_selection_components_plot_group_without_flips_draws_the_clean_side_only(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # an empty side's density would be 0/0
+        figure = selection_components_plot(fake_artifact(tmp_path / "sel.npz", flips=False), 1)
+    labels = {patch.get_label() for axes in figure.axes for patch in axes.patches}
+    assert labels == {"clean"}
